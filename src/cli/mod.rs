@@ -1,0 +1,133 @@
+//! The command line (SPEC §10): one binary, one subcommand per job.
+//!
+//! This module only declares the commands and dispatches; each area's handlers live
+//! in their own file: [`config_cmd`], [`admin`], [`run`], [`retention_cmd`], [`query`].
+
+pub mod admin;
+pub mod config_cmd;
+pub mod query;
+pub mod retention_cmd;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings, EX_CONFIG};
+
+/// Exit status for a failure that is not a configuration error.
+pub const EX_FAILURE: i32 = 1;
+
+/// compartment-auditd: the audit-log sidecar of Compartment.
+#[derive(Debug, Parser)]
+#[command(name = "compartment-auditd", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: /etc/compartment/auditd.toml when it exists.
+    #[arg(long, global = true, value_name = "PATH", env = "COMPARTMENT_AUDIT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: mirror, retention cleanup and HTTP.
+    Run,
+    /// Apply the reference schema's migrations (idempotent).
+    Migrate,
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List audit events of an organization, newest first.
+    List(query::ListArgs),
+    /// Export audit events of an organization (NDJSON or CSV), oldest first.
+    Export(query::ExportArgs),
+    /// Organizations and their settings.
+    #[command(subcommand)]
+    Org(admin::OrgCommand),
+    /// Users of an organization.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Roles of an organization.
+    #[command(subcommand)]
+    Role(admin::RoleCommand),
+    /// API tokens for the /v1 API.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// The retention cleanup job, audit.retention.cleanup.
+    #[command(subcommand)]
+    Retention(retention_cmd::RetentionCommand),
+    /// The file sink's position.
+    #[command(subcommand)]
+    Sink(run::SinkCommand),
+}
+
+/// `config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings, secrets redacted.
+    Check(config_cmd::CheckArgs),
+}
+
+/// Arguments shared by commands that only need the database.
+#[derive(Debug, Args)]
+pub struct NoArgs {}
+
+/// Runs the command line and returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Config(ConfigCommand::Check(args)) => config_cmd::check(cli.config.as_deref(), args),
+        command => {
+            let settings = match Settings::load(cli.config.as_deref()) {
+                Ok(settings) => settings,
+                Err(err) => return config_error(&err),
+            };
+            dispatch(command, settings)
+        }
+    }
+}
+
+/// Prints a configuration error and returns `EX_CONFIG`.
+pub fn config_error(err: &ConfigError) -> i32 {
+    eprintln!("compartment-auditd: configuration error: {err}");
+    EX_CONFIG
+}
+
+fn dispatch(command: &Command, settings: Settings) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("compartment-auditd: cannot start the async runtime: {err}");
+            return EX_FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Run => run::run(settings).await,
+            Command::Migrate => admin::migrate(settings).await,
+            Command::Config(_) => unreachable!("handled before loading settings"),
+            Command::List(args) => query::list(settings, args).await,
+            Command::Export(args) => query::export(settings, args).await,
+            Command::Org(cmd) => admin::org(settings, cmd).await,
+            Command::User(cmd) => admin::user(settings, cmd).await,
+            Command::Role(cmd) => admin::role(settings, cmd).await,
+            Command::Token(cmd) => admin::token(settings, cmd).await,
+            Command::Retention(cmd) => retention_cmd::retention(settings, cmd).await,
+            Command::Sink(cmd) => run::sink(settings, cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("compartment-auditd: {err:#}");
+            EX_FAILURE
+        }
+    }
+}

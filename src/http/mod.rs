@@ -1,0 +1,1 @@
+//! HTTP: health, metrics and the `/v1` audit-event API.
