@@ -206,3 +206,56 @@ impl Settings {
         })
     }
 }
+
+impl Settings {
+    /// The documented defaults (SPEC §2), with the given database URL.
+    pub fn with_defaults(database_url: &str) -> Settings {
+        Settings {
+            database: DatabaseSettings {
+                url: SecretString::new(database_url),
+                pool_size: 8,
+                connect_timeout: Duration::from_secs(5),
+                keepalive_idle: Duration::from_secs(30),
+            },
+            file_sink: FileSinkSettings {
+                enabled: false,
+                dir: PathBuf::from("/var/lib/compartment/audit-logs"),
+                rotate_interval: Duration::from_secs(86_400),
+                rotate_size: 64 * 1024 * 1024,
+                retention_files: 30,
+                start_from: StartFrom::Now,
+                fsync: FsyncPolicy::Always,
+                fsync_interval: Duration::from_secs(1),
+                compress_delay: Duration::from_secs(30),
+                allow_group_bits: false,
+            },
+            mirror: MirrorSettings {
+                batch_size: 1000,
+                poll_interval: Duration::from_secs(5),
+                horizon_poll_interval: Duration::from_millis(100),
+                heartbeat_interval: Duration::from_secs(15),
+                max_backoff: Duration::from_secs(30),
+            },
+            retention: RetentionSettings {
+                days: 90,
+                cleanup_cron: CronSchedule {
+                    source: "0 3 * * *".into(),
+                },
+                cleanup_batch_size: 5000,
+                cleanup_max_batches: 100,
+            },
+            http: HttpSettings {
+                addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+                export_max_rows: 10_000,
+                max_header_bytes: 16 * 1024,
+                max_query_bytes: 4 * 1024,
+                request_timeout: Duration::from_secs(30),
+                max_concurrent_exports: 4,
+            },
+            log: LogSettings {
+                level: "info".into(),
+                format: LogFormat::Text,
+            },
+        }
+    }
+}
