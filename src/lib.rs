@@ -28,3 +28,5 @@ pub mod retention;
 pub mod sanitize;
 pub mod sink;
 pub mod telemetry;
+pub mod health;
+pub mod daemon;

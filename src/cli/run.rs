@@ -1,19 +1,66 @@
-//! `run` (the daemon) and `sink …`.
+//! `run` (the daemon) and `sink status|rebaseline`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::daemon;
 
 /// `sink …`
 #[derive(Debug, Subcommand)]
-pub enum SinkCommand {}
+pub enum SinkCommand {
+    /// Show the sink's position on disk and the one published to the database.
+    Status,
+    /// Start the sink's position afresh (after the database was replaced or restored).
+    Rebaseline(RebaselineArgs),
+}
+
+/// Arguments of `sink rebaseline`.
+#[derive(Debug, Args)]
+pub struct RebaselineArgs {
+    /// Where to start: `now` (events committed from now on) or `beginning` (every retained event).
+    #[arg(long, value_name = "now|beginning", default_value = "now")]
+    pub start_from: String,
+    /// Confirm: the daemon must be stopped, and events may be skipped or repeated across the change.
+    #[arg(long)]
+    pub yes: bool,
+}
 
 /// `run`
-pub async fn run(_settings: Settings) -> anyhow::Result<i32> {
-    anyhow::bail!("run is not implemented yet")
+pub async fn run(settings: Settings) -> anyhow::Result<i32> {
+    crate::telemetry::logging::init(&settings.log);
+    let listener = daemon::bind(&settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(handle_signals(shutdown.clone()));
+    daemon::run(settings, listener, shutdown).await?;
+    Ok(0)
+}
+
+/// First SIGTERM/SIGINT: drain and exit 0. A second one: exit at once.
+async fn handle_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Cannot install signal handlers; SIGTERM will kill the daemon without draining");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Received a stop signal; finishing the current batch (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("Received a second stop signal; exiting without draining");
+    std::process::exit(1);
 }
 
 /// `sink …`
-pub async fn sink(_settings: Settings, cmd: &SinkCommand) -> anyhow::Result<i32> {
-    match *cmd {}
+pub async fn sink(settings: Settings, cmd: &SinkCommand) -> anyhow::Result<i32> {
+    match cmd {
+        SinkCommand::Status => crate::mirror::admin::status(&settings).await,
+        SinkCommand::Rebaseline(args) => crate::mirror::admin::rebaseline(&settings, args).await,
+    }
 }

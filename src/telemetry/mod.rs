@@ -5,11 +5,14 @@
 //! names. Each component has its own submodule; an event function there emits the
 //! log line and the metric together, so every metric name exists once.
 
+pub mod mirror;
+
 use std::sync::LazyLock;
 
-use prometheus::Registry;
+use prometheus::core::Collector;
+use prometheus::{IntGaugeVec, Opts, Registry};
 
-/// Prefix of every metric this daemon defines.
+/// Namespace of every metric this daemon defines.
 pub const PREFIX: &str = "compartment_audit";
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -25,9 +28,38 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     registry
 });
 
+static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(IntGaugeVec::new(
+        Opts::new("build_info", "Always 1; the labels carry the version.").namespace(PREFIX),
+        &["version"],
+    ))
+});
+
 /// The process-wide metrics registry.
 pub fn registry() -> &'static Registry {
     &REGISTRY
+}
+
+/// Registers a freshly built metric and returns it. Building can only fail on an
+/// invalid name or label set, and registering only on a duplicate — both programming
+/// errors caught by the first test that renders `/metrics`.
+pub(crate) fn register<C>(metric: prometheus::Result<C>) -> C
+where
+    C: Collector + Clone + 'static,
+{
+    let metric = metric.expect("metric definitions are static and valid");
+    registry()
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once, from its LazyLock");
+    metric
+}
+
+/// Registers every metric up front so `/metrics` shows all series from the start.
+pub fn init() {
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    mirror::init();
 }
 
 /// Renders every metric in the Prometheus text format.

@@ -1,0 +1,158 @@
+//! The daemon: wires the mirror, the HTTP server and the background jobs together
+//! under one shutdown token, so tests can drive the real thing in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::db;
+use crate::db::listener::{self, ListenerOptions};
+use crate::health::Health;
+use crate::http::{self, AppState};
+use crate::mirror::Mirror;
+use crate::sanitize::Sanitizer;
+use crate::sink::{FileSink, SinkOptions, SystemClock};
+use crate::telemetry;
+
+/// Readiness check of database reachability.
+pub const CHECK_DATABASE: &str = "database";
+/// Readiness check of the LISTEN connection.
+pub const CHECK_LISTENER: &str = "listener";
+
+/// How often database reachability is checked.
+const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database settings are unusable.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The sink directory is unusable.
+    #[error("the file sink cannot start: {0}")]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+/// Binds the HTTP listener (separately, so tests can bind port 0 and learn the port).
+pub async fn bind(settings: &Settings) -> Result<TcpListener, StartError> {
+    TcpListener::bind(settings.http.addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.http.addr,
+            source,
+        })
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains: the mirror finishes its
+/// batch and fsyncs, the HTTP server lets requests finish.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
+    telemetry::init();
+    let health = Arc::new(Health::new());
+    let pool = db::pool(&settings.database)?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    health.register(CHECK_DATABASE, "not checked yet");
+    tasks.spawn(watch_database(pool.clone(), health.clone(), shutdown.clone()));
+
+    let mut mirror_task = None;
+    if settings.file_sink.enabled {
+        let options = SinkOptions::from_settings(&settings.file_sink);
+        let (sink, recovery) = tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
+            .await
+            .map_err(|e| crate::sink::SinkError::from_panic(e.to_string()))??;
+        let doorbell = listener::spawn(
+            db::pg_config(&settings.database)?,
+            ListenerOptions {
+                heartbeat_interval: settings.mirror.heartbeat_interval,
+                deadline: settings.database.connect_timeout,
+                max_backoff: settings.mirror.max_backoff,
+            },
+            shutdown.clone(),
+        );
+        health.register(CHECK_LISTENER, "not subscribed yet");
+        tasks.spawn(watch_listener(doorbell.clone(), health.clone(), shutdown.clone()));
+        let mirror = Mirror::new(
+            pool.clone(),
+            doorbell,
+            Sanitizer::new(),
+            health.clone(),
+            settings.mirror.clone(),
+            settings.file_sink.clone(),
+            sink,
+        );
+        let token = shutdown.clone();
+        mirror_task = Some(tokio::spawn(async move { mirror.run(recovery, token).await }));
+    } else {
+        tracing::info!("The file sink is disabled; its directory is left untouched");
+    }
+
+    let state = Arc::new(AppState {
+        health: health.clone(),
+        http: settings.http.clone(),
+    });
+    let http_shutdown = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
+    tracing::info!(addr = %settings.http.addr, "Serving health, metrics and the audit API");
+
+    shutdown.cancelled().await;
+    tracing::info!("Shutting down");
+    if let Some(task) = mirror_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "The mirror stopped with an error"),
+            Err(err) => tracing::error!(error = %err, "The mirror task failed"),
+        }
+    }
+    // HTTP last, so readiness stays observable while draining.
+    http_shutdown.cancel();
+    let _ = http_task.await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Keeps the database check current.
+async fn watch_database(pool: deadpool_postgres::Pool, health: Arc<Health>, shutdown: CancellationToken) {
+    loop {
+        match db::ping(&pool).await {
+            Ok(()) => health.set_ok(CHECK_DATABASE),
+            Err(err) => health.set_failing(CHECK_DATABASE, err.to_string()),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DATABASE_CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+/// Mirrors the listener's state into its readiness check.
+async fn watch_listener(doorbell: listener::Doorbell, health: Arc<Health>, shutdown: CancellationToken) {
+    let mut subscribed = doorbell.subscribed.clone();
+    loop {
+        if *subscribed.borrow_and_update() {
+            health.set_ok(CHECK_LISTENER);
+        } else {
+            let reason = doorbell
+                .last_error
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "not subscribed".to_string());
+            health.set_failing(CHECK_LISTENER, reason);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = subscribed.changed() => if changed.is_err() { return },
+        }
+    }
+}

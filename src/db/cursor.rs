@@ -1,0 +1,255 @@
+//! Gap-free reads in commit order (SPEC §7.1, §12 "Ids commit out of order").
+//!
+//! Ids are taken at insert time but rows become visible at commit, so `id > last`
+//! would skip a row whose transaction commits after one with a larger id. Every row
+//! carries `tx` (its transaction's `xid8`); the cursor is `(tx, id)`; and a read only
+//! returns rows whose transaction is below the snapshot's `xmin` — every transaction
+//! below it has ended, so no row can appear there later. The horizon and the rows come
+//! from one statement, hence one snapshot.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+
+use crate::db::DbError;
+use crate::event::AuditEvent;
+
+/// A point in commit order: everything at or before it has been handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The transaction id (`xid8`) of the last handled row.
+    pub tx: u64,
+    /// The id of the last handled row within that transaction.
+    pub id: i64,
+}
+
+impl Position {
+    /// Before every row.
+    pub const BEGINNING: Position = Position { tx: 0, id: 0 };
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(tx {}, id {})", self.tx, self.id)
+    }
+}
+
+/// One read: rows after a position, in commit order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The rows, ordered by `(tx, id)`.
+    pub events: Vec<AuditEvent>,
+    /// Position of each row, parallel to `events`.
+    pub positions: Vec<Position>,
+}
+
+impl Batch {
+    /// The position after this batch, if it has rows.
+    pub fn last_position(&self) -> Option<Position> {
+        self.positions.last().copied()
+    }
+}
+
+/// Reads up to `limit` rows after `after`, only below the visibility horizon, in one
+/// statement (so horizon and rows share a snapshot).
+pub async fn read_batch(
+    client: &impl GenericClient,
+    after: Position,
+    limit: i64,
+) -> Result<Batch, DbError> {
+    let rows = client
+        .query(
+            "SELECT e.id, e.tx::text, e.occurred_at, e.organization_id, \
+                    coalesce(o.slug, ''), e.event_type, e.actor_type, e.actor_id, \
+                    e.actor_email, e.target_type, e.target_id, e.project_id, e.status, \
+                    e.metadata \
+             FROM audit_events e \
+             LEFT JOIN organizations o ON o.id = e.organization_id \
+             WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
+               AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY e.tx, e.id \
+             LIMIT $3",
+            &[&after.tx.to_string(), &after.id, &limit],
+        )
+        .await
+        .map_err(DbError::query("reading audit events"))?;
+    let mut batch = Batch {
+        events: Vec::with_capacity(rows.len()),
+        positions: Vec::with_capacity(rows.len()),
+    };
+    for row in rows {
+        let id: i64 = row.try_get(0).map_err(DbError::query("decoding id"))?;
+        let tx: String = row.try_get(1).map_err(DbError::query("decoding tx"))?;
+        batch.positions.push(Position {
+            tx: parse_xid8(&tx)?,
+            id,
+        });
+        batch.events.push(AuditEvent {
+            id,
+            occurred_at: row.try_get(2).map_err(DbError::query("decoding occurred_at"))?,
+            organization_id: row.try_get(3).map_err(DbError::query("decoding organization_id"))?,
+            organization: row.try_get(4).map_err(DbError::query("decoding organization"))?,
+            event_type: row.try_get(5).map_err(DbError::query("decoding event_type"))?,
+            actor_type: row.try_get(6).map_err(DbError::query("decoding actor_type"))?,
+            actor_id: row.try_get(7).map_err(DbError::query("decoding actor_id"))?,
+            actor_email: row.try_get(8).map_err(DbError::query("decoding actor_email"))?,
+            target_type: row.try_get(9).map_err(DbError::query("decoding target_type"))?,
+            target_id: row.try_get(10).map_err(DbError::query("decoding target_id"))?,
+            project_id: row.try_get(11).map_err(DbError::query("decoding project_id"))?,
+            status: row.try_get(12).map_err(DbError::query("decoding status"))?,
+            metadata: row.try_get(13).map_err(DbError::query("decoding metadata"))?,
+        });
+    }
+    Ok(batch)
+}
+
+/// How long the oldest committed row past `after` has been waiting behind the
+/// horizon (held back by an older transaction still open somewhere in the cluster),
+/// or `None` when nothing waits.
+pub async fn horizon_wait(
+    client: &impl GenericClient,
+    after: Position,
+) -> Result<Option<Duration>, DbError> {
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM clock_timestamp() - min(occurred_at))::float8 \
+             FROM audit_events \
+             WHERE (tx, id) > ($1::text::xid8, $2) \
+               AND tx >= pg_snapshot_xmin(pg_current_snapshot())",
+            &[&after.tx.to_string(), &after.id],
+        )
+        .await
+        .map_err(DbError::query("checking rows behind the horizon"))?;
+    let seconds: Option<f64> = row.try_get(0).map_err(DbError::query("decoding wait"))?;
+    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// The position that means "now": every transaction below the current horizon counts
+/// as already handled, every later one will be read.
+pub async fn current_horizon(client: &impl GenericClient) -> Result<Position, DbError> {
+    let row = client
+        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+        .await
+        .map_err(DbError::query("reading the visibility horizon"))?;
+    let xmin: String = row.try_get(0).map_err(DbError::query("decoding horizon"))?;
+    // Rows of transaction `xmin` itself may still come: start just before it.
+    Ok(Position {
+        tx: parse_xid8(&xmin)?.saturating_sub(1),
+        id: i64::MAX,
+    })
+}
+
+/// The position of the row with this id, if it still exists.
+pub async fn position_of(
+    client: &impl GenericClient,
+    id: i64,
+) -> Result<Option<Position>, DbError> {
+    let row = client
+        .query_opt("SELECT tx::text FROM audit_events WHERE id = $1", &[&id])
+        .await
+        .map_err(DbError::query("looking up an event's position"))?;
+    match row {
+        None => Ok(None),
+        Some(row) => {
+            let tx: String = row.try_get(0).map_err(DbError::query("decoding tx"))?;
+            Ok(Some(Position {
+                tx: parse_xid8(&tx)?,
+                id,
+            }))
+        }
+    }
+}
+
+/// The cluster's `system_identifier`: it changes when the database is replaced
+/// (restored into a new cluster), which makes stored positions meaningless.
+pub async fn system_identifier(client: &impl GenericClient) -> Result<String, DbError> {
+    let row = client
+        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .await
+        .map_err(DbError::query("reading the cluster's system identifier"))?;
+    row.try_get(0).map_err(DbError::query("decoding system identifier"))
+}
+
+/// A sink's position as published in the database, for retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPosition {
+    /// The cluster the position belongs to.
+    pub system_identifier: String,
+    /// The sink's durable position.
+    pub position: Position,
+}
+
+/// Publishes a sink's durable position (only ever moves forward).
+pub async fn publish_position(
+    client: &impl GenericClient,
+    sink_id: &str,
+    system_identifier: &str,
+    position: Position,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO audit_sink_positions (sink_id, system_identifier, tx, event_id, updated_at) \
+             VALUES ($1, $2, $3::text::xid8, $4, now()) \
+             ON CONFLICT (sink_id) DO UPDATE SET \
+                 system_identifier = excluded.system_identifier, \
+                 tx = excluded.tx, event_id = excluded.event_id, updated_at = now() \
+             WHERE audit_sink_positions.system_identifier IS DISTINCT FROM excluded.system_identifier \
+                OR (audit_sink_positions.tx, audit_sink_positions.event_id) <= (excluded.tx, excluded.event_id)",
+            &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id],
+        )
+        .await
+        .map_err(DbError::query("publishing the sink position"))?;
+    Ok(())
+}
+
+/// A sink's published position, if it has one.
+pub async fn published_position(
+    client: &impl GenericClient,
+    sink_id: &str,
+) -> Result<Option<PublishedPosition>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT system_identifier, tx::text, event_id FROM audit_sink_positions WHERE sink_id = $1",
+            &[&sink_id],
+        )
+        .await
+        .map_err(DbError::query("reading the published sink position"))?;
+    let Some(row) = row else { return Ok(None) };
+    let system_identifier: String = row.try_get(0).map_err(DbError::query("decoding position"))?;
+    let tx: String = row.try_get(1).map_err(DbError::query("decoding position"))?;
+    let id: i64 = row.try_get(2).map_err(DbError::query("decoding position"))?;
+    Ok(Some(PublishedPosition {
+        system_identifier,
+        position: Position {
+            tx: parse_xid8(&tx)?,
+            id,
+        },
+    }))
+}
+
+fn parse_xid8(text: &str) -> Result<u64, DbError> {
+    text.parse()
+        .map_err(|_| DbError::Unexpected(format!("not an xid8: {text:?}")))
+}
+
+/// Sets a sink's published position unconditionally (re-baseline only).
+pub async fn reset_position(
+    client: &impl GenericClient,
+    sink_id: &str,
+    system_identifier: &str,
+    position: Position,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO audit_sink_positions (sink_id, system_identifier, tx, event_id, updated_at) \
+             VALUES ($1, $2, $3::text::xid8, $4, now()) \
+             ON CONFLICT (sink_id) DO UPDATE SET \
+                 system_identifier = excluded.system_identifier, \
+                 tx = excluded.tx, event_id = excluded.event_id, updated_at = now()",
+            &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id],
+        )
+        .await
+        .map_err(DbError::query("resetting the sink position"))?;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Readiness: each component owns a named check and keeps it current.
+//!
+//! `/readyz` is ready when every registered check passes. A check is either set
+//! explicitly (`set_ok` / `set_failing`), or kept alive by progress beats and turns
+//! failing by itself when no beat came within its `stale_after` — how a stuck loop is
+//! noticed without the loop's cooperation.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// The readiness checks of the process.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Check name → state; a std mutex because it is never held across an `.await`.
+    checks: Mutex<BTreeMap<&'static str, Check>>,
+}
+
+#[derive(Debug, Clone)]
+struct Check {
+    /// `None` while passing, else why it fails.
+    failure: Option<String>,
+    /// Last progress beat, for checks that go stale.
+    last_beat: Option<Instant>,
+    /// Fail when no beat came for this long.
+    stale_after: Option<Duration>,
+}
+
+/// One check in a readiness report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CheckReport {
+    /// `ok` or `failing`.
+    pub status: &'static str,
+    /// Why it fails (absent when ok).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The whole readiness answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// Every check by name.
+    pub checks: BTreeMap<&'static str, CheckReport>,
+}
+
+impl Readiness {
+    /// True when every check passes.
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+impl Health {
+    /// An empty registry (ready until something registers a check).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a check that starts failing with `message` until its owner says otherwise.
+    pub fn register(&self, name: &'static str, message: &str) {
+        self.with(|checks| {
+            checks.insert(
+                name,
+                Check {
+                    failure: Some(message.to_string()),
+                    last_beat: None,
+                    stale_after: None,
+                },
+            );
+        });
+    }
+
+    /// Makes `name` fail unless `beat` is called at least every `stale_after`.
+    pub fn expect_beats(&self, name: &'static str, stale_after: Duration) {
+        self.with(|checks| {
+            let check = checks.entry(name).or_insert(Check {
+                failure: None,
+                last_beat: None,
+                stale_after: None,
+            });
+            check.stale_after = Some(stale_after);
+            check.last_beat = Some(Instant::now());
+        });
+    }
+
+    /// Records progress of `name`.
+    pub fn beat(&self, name: &'static str) {
+        self.with(|checks| {
+            if let Some(check) = checks.get_mut(name) {
+                check.last_beat = Some(Instant::now());
+            }
+        });
+    }
+
+    /// Marks `name` as passing.
+    pub fn set_ok(&self, name: &'static str) {
+        self.set(name, None);
+    }
+
+    /// Marks `name` as failing, with a reason safe to show (no secrets).
+    pub fn set_failing(&self, name: &'static str, message: impl Into<String>) {
+        self.set(name, Some(message.into()));
+    }
+
+    fn set(&self, name: &'static str, failure: Option<String>) {
+        self.with(|checks| {
+            let check = checks.entry(name).or_insert(Check {
+                failure: None,
+                last_beat: None,
+                stale_after: None,
+            });
+            check.failure = failure;
+        });
+    }
+
+    /// Removes a check (its component stopped on purpose).
+    pub fn remove(&self, name: &'static str) {
+        self.with(|checks| {
+            checks.remove(name);
+        });
+    }
+
+    /// The current readiness.
+    pub fn report(&self) -> Readiness {
+        let now = Instant::now();
+        let checks: BTreeMap<_, _> = self.with(|checks| {
+            checks
+                .iter()
+                .map(|(name, check)| (*name, check.report(now)))
+                .collect()
+        });
+        let ready = checks.values().all(|c| c.status == "ok");
+        Readiness {
+            status: if ready { "ready" } else { "not_ready" },
+            checks,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<&'static str, Check>) -> T) -> T {
+        // A poisoned lock only means another thread panicked while holding it; the
+        // map itself is always in a consistent state, so keep serving it.
+        let mut guard = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl Check {
+    fn report(&self, now: Instant) -> CheckReport {
+        if let Some(message) = &self.failure {
+            return CheckReport {
+                status: "failing",
+                message: Some(message.clone()),
+            };
+        }
+        if let (Some(stale_after), Some(last)) = (self.stale_after, self.last_beat) {
+            let quiet = now.saturating_duration_since(last);
+            if quiet > stale_after {
+                return CheckReport {
+                    status: "failing",
+                    message: Some(format!(
+                        "no progress for {}s (limit {}s)",
+                        quiet.as_secs(),
+                        stale_after.as_secs()
+                    )),
+                };
+            }
+        }
+        CheckReport {
+            status: "ok",
+            message: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_check_passes() {
+        let health = Health::new();
+        assert!(health.report().is_ready());
+        health.register("database", "not connected yet");
+        health.register("sink", "not opened yet");
+        let report = health.report();
+        assert!(!report.is_ready());
+        assert_eq!(report.checks["database"].message.as_deref(), Some("not connected yet"));
+        health.set_ok("database");
+        health.set_ok("sink");
+        assert!(health.report().is_ready());
+        health.set_failing("sink", "disk full");
+        assert_eq!(health.report().checks["sink"].status, "failing");
+    }
+
+    #[test]
+    fn a_check_without_beats_goes_stale() {
+        let health = Health::new();
+        health.expect_beats("mirror", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!health.report().is_ready());
+        health.expect_beats("mirror", Duration::from_secs(3600));
+        health.beat("mirror");
+        assert!(health.report().is_ready());
+    }
+}

@@ -1,0 +1,541 @@
+//! The pipeline: doorbell → read batch → sanitize → append → fsync → advance.
+//!
+//! This is the one place that joins the database, the sanitizer and the sink.
+//!
+//! **Position.** The mirror's position `(tx, id)` lives with the files: it is the
+//! position of the last whole line in the sink (looked up by its `id`), or the
+//! baseline recorded in the sink's state file when the sink was first set up (or
+//! re-baselined). Because it is derived from what is on disk, a crash at any point
+//! resumes exactly after the last line written — nothing lost, nothing twice. The
+//! position is also published to the database (at most every second, and when idle)
+//! so that retention never deletes a row the sink has not written.
+//!
+//! **Identity.** The state file records the cluster's `system_identifier`. After a
+//! restore into a new cluster, transaction ids restart and the stored position means
+//! nothing; the mirror then stops with a clear error (readiness fails) until an
+//! operator runs `compartment-auditd sink rebaseline`.
+//!
+//! **Reading.** Batches come in commit order from below the visibility horizon
+//! ([`crate::db::cursor`]). While one batch is being written the next one is read, so
+//! a catch-up keeps the database and the disk busy at the same time. When a read comes
+//! back short the mirror waits for the doorbell, the safety timer, or — while rows
+//! wait behind an open transaction — a short re-poll timer.
+
+pub mod admin;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FileSinkSettings, FsyncPolicy, MirrorSettings, StartFrom};
+use crate::db::cursor::{self, Batch, Position};
+use crate::db::listener::Doorbell;
+use crate::db::DbError;
+use crate::health::Health;
+use crate::sanitize::Sanitizer;
+use crate::sink::{FileSink, Recovery, SinkError};
+use crate::telemetry;
+
+/// Readiness check names owned by the mirror.
+pub const CHECK_SINK: &str = "sink";
+/// Readiness check of the mirror loop itself (progress, identity).
+pub const CHECK_MIRROR: &str = "mirror";
+
+/// How often the durable position is published to the database at most.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Version of the state file layout written by this build.
+const STATE_VERSION: u32 = 1;
+
+/// What the mirror keeps in the sink's state file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SinkState {
+    /// Layout version.
+    pub version: u32,
+    /// Name under which the position is published.
+    pub sink_id: String,
+    /// The PostgreSQL cluster these positions belong to.
+    pub system_identifier: String,
+    /// Where mirroring started (or was re-based): every row at or before it counts as handled.
+    pub baseline: Position,
+    /// SHA-256 of the sink's last line when the baseline was set; that line (from a
+    /// previous database) is then not used to derive the position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_last_line_sha256: Option<String>,
+}
+
+/// Why the mirror cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// A database operation failed (usually transient).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Could not get a pooled connection.
+    #[error("cannot get a database connection: {0}")]
+    Pool(String),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The sink's state file is unreadable.
+    #[error("the sink state file is not valid: {0}")]
+    BadState(String),
+    /// The database was replaced since the sink's position was recorded.
+    #[error(
+        "the database cluster changed (system identifier {found}, the sink was set up against {expected}); \
+         positions cannot be compared: stop the daemon, then run `compartment-auditd sink rebaseline`"
+    )]
+    IdentityChanged {
+        /// Identifier in the state file.
+        expected: String,
+        /// Identifier of the connected cluster.
+        found: String,
+    },
+    /// The last line in the sink names an event the database does not have.
+    #[error(
+        "the sink's last line is event {id}, which the database does not have and which is not the \
+         published position; refusing to guess where to resume (run `compartment-auditd sink rebaseline` \
+         if the database was replaced)"
+    )]
+    UnknownLastLine {
+        /// The event id of the last line.
+        id: i64,
+    },
+    /// The sink's last line is not a valid sink line.
+    #[error("the sink's last line is not a valid audit line (no numeric \"id\")")]
+    UnparsableLastLine,
+    /// A blocking task panicked.
+    #[error("the sink worker stopped unexpectedly: {0}")]
+    Worker(String),
+}
+
+impl MirrorError {
+    /// Errors that need an operator: retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            MirrorError::IdentityChanged { .. }
+                | MirrorError::UnknownLastLine { .. }
+                | MirrorError::UnparsableLastLine
+                | MirrorError::BadState(_)
+        )
+    }
+}
+
+/// The running pipeline.
+pub struct Mirror {
+    /// Pooled connections for reads and position publishing.
+    pool: Pool,
+    /// Rung on notifications and reconnects.
+    doorbell: Doorbell,
+    /// The same sanitizer that serves the API.
+    sanitizer: Sanitizer,
+    /// Readiness checks.
+    health: Arc<Health>,
+    /// Read sizes and timers.
+    settings: MirrorSettings,
+    /// Sink settings (start position, fsync policy, sink id).
+    sink_settings: FileSinkSettings,
+    /// The sink; a std mutex because it is only locked inside blocking tasks.
+    sink: Arc<Mutex<FileSink>>,
+}
+
+impl Mirror {
+    /// A mirror over an opened sink.
+    pub fn new(
+        pool: Pool,
+        doorbell: Doorbell,
+        sanitizer: Sanitizer,
+        health: Arc<Health>,
+        settings: MirrorSettings,
+        sink_settings: FileSinkSettings,
+        sink: FileSink,
+    ) -> Self {
+        health.register(CHECK_SINK, "the sink has not written yet");
+        health.register(CHECK_MIRROR, "the mirror has not started yet");
+        Mirror {
+            pool,
+            doorbell,
+            sanitizer,
+            health,
+            settings,
+            sink_settings,
+            sink: Arc::new(Mutex::new(sink)),
+        }
+    }
+
+    /// Runs until `shutdown`: then finishes the batch in hand, fsyncs, publishes the
+    /// position and returns. Transient failures are retried forever; a permanent one
+    /// (replaced database) halts mirroring but keeps the process up, not ready.
+    pub async fn run(self, recovery: Recovery, shutdown: CancellationToken) -> Result<(), MirrorError> {
+        let stale_after = (self.settings.poll_interval * 3).max(Duration::from_secs(30));
+        let mut backoff = crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
+
+        // 1. Where to resume.
+        let (position, system_identifier) = loop {
+            match self.establish_position(&recovery).await {
+                Ok(found) => break found,
+                Err(err) if err.is_permanent() => {
+                    telemetry::mirror::mirror_halted(&err);
+                    self.health.set_failing(CHECK_MIRROR, err.to_string());
+                    shutdown.cancelled().await;
+                    return self.close().await;
+                }
+                Err(err) => {
+                    telemetry::mirror::mirror_failed("start", &err);
+                    self.health.set_failing(CHECK_MIRROR, format!("cannot determine the position: {err}"));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return self.close().await,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            }
+        };
+        backoff.reset();
+        tracing::info!(%position, "Mirroring audit events to the file sink");
+        self.health.set_ok(CHECK_MIRROR);
+        self.health.expect_beats(CHECK_MIRROR, stale_after);
+
+        // 2. The loop.
+        let mut state = LoopState {
+            appended: position,
+            durable: position,
+            published: position,
+            published_at: Instant::now(),
+            last_sync: Instant::now(),
+            system_identifier,
+        };
+        let mut prefetched: Option<Batch> = None;
+        while !shutdown.is_cancelled() {
+            self.health.beat(CHECK_MIRROR);
+            let batch = match prefetched.take() {
+                Some(batch) => batch,
+                None => match self.read(state.appended).await {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        telemetry::mirror::mirror_failed("read", &err);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        }
+                    }
+                },
+            };
+            let Some(after) = batch.last_position() else {
+                self.idle(&mut state, &shutdown).await;
+                continue;
+            };
+            // A full batch means more is probably waiting: read it while this one is
+            // written.
+            let full = batch.events.len() >= self.settings.batch_size;
+            let (written, next) = if full {
+                let (written, next) = tokio::join!(self.write(batch), self.read(after));
+                (written, next.ok())
+            } else {
+                (self.write(batch).await, None)
+            };
+            match written {
+                Ok(durable) => {
+                    backoff.reset();
+                    telemetry::mirror::mirror_recovered();
+                    self.health.set_ok(CHECK_SINK);
+                    state.appended = after;
+                    if durable {
+                        state.durable = after;
+                        state.last_sync = Instant::now();
+                    } else if self.sink_settings.fsync == FsyncPolicy::Never {
+                        // Documented: with `never`, appended counts as durable.
+                        state.durable = after;
+                    }
+                    self.maybe_sync(&mut state, false).await;
+                    self.maybe_publish(&mut state, false).await;
+                    prefetched = next;
+                }
+                Err((err, batch)) => {
+                    telemetry::mirror::mirror_failed("write", &err);
+                    self.health.set_failing(CHECK_SINK, err.to_string());
+                    prefetched = Some(batch);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+
+        // 3. Drain: make what was appended durable and say so.
+        self.maybe_sync(&mut state, true).await;
+        self.maybe_publish(&mut state, true).await;
+        tracing::info!(position = %state.durable, "The mirror stopped");
+        self.close().await
+    }
+
+    /// Works out where to resume; see the module documentation.
+    async fn establish_position(&self, recovery: &Recovery) -> Result<(Position, String), MirrorError> {
+        let client = self.client().await?;
+        let system_identifier = cursor::system_identifier(&**client).await?;
+        let sink_id = self.sink_settings.sink_id.clone();
+        let stored: Option<SinkState> = match &recovery.state {
+            None => None,
+            Some(value) => Some(
+                serde_json::from_value(value.clone())
+                    .map_err(|e| MirrorError::BadState(e.to_string()))?,
+            ),
+        };
+        if let Some(stored) = &stored {
+            if stored.system_identifier != system_identifier {
+                return Err(MirrorError::IdentityChanged {
+                    expected: stored.system_identifier.clone(),
+                    found: system_identifier,
+                });
+            }
+        }
+
+        let mut position = stored.as_ref().map(|s| s.baseline);
+        if let Some(line) = &recovery.last_line {
+            let ignored = stored
+                .as_ref()
+                .and_then(|s| s.baseline_last_line_sha256.as_deref())
+                .is_some_and(|hash| hash == sha256_hex(line));
+            if !ignored {
+                let id = line_id(line)?;
+                let at = match cursor::position_of(&**client, id).await? {
+                    Some(at) => at,
+                    None => {
+                        // Retention may delete a row once its line is durable and
+                        // published; then the published position is that very row.
+                        match cursor::published_position(&**client, &sink_id).await? {
+                            Some(p) if p.position.id == id && p.system_identifier == system_identifier => p.position,
+                            _ => return Err(MirrorError::UnknownLastLine { id }),
+                        }
+                    }
+                };
+                position = Some(position.map_or(at, |p| p.max(at)));
+            }
+        }
+
+        let position = match position {
+            Some(position) => position,
+            None => match cursor::published_position(&**client, &sink_id).await? {
+                // The directory was lost or replaced: resume from what it had
+                // published. Lines written but not yet published come again.
+                Some(published) if published.system_identifier == system_identifier => {
+                    tracing::warn!(
+                        position = %published.position,
+                        "The sink directory has no position; resuming from the position it last published \
+                         (events written after that may appear twice)"
+                    );
+                    published.position
+                }
+                _ => match self.sink_settings.start_from {
+                    StartFrom::Now => cursor::current_horizon(&**client).await?,
+                    StartFrom::Beginning => Position::BEGINNING,
+                },
+            },
+        };
+
+        if stored.is_none() {
+            let state = SinkState {
+                version: STATE_VERSION,
+                sink_id: sink_id.clone(),
+                system_identifier: system_identifier.clone(),
+                baseline: position,
+                baseline_last_line_sha256: None,
+            };
+            self.write_state(&state).await?;
+        }
+        // Publish before the first read so retention cannot delete what we are about
+        // to mirror.
+        cursor::publish_position(&**client, &sink_id, &system_identifier, position).await?;
+        Ok((position, system_identifier))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, MirrorError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| MirrorError::Pool(crate::db::describe_pool_error(&e)))
+    }
+
+    async fn read(&self, after: Position) -> Result<Batch, MirrorError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
+        Ok(cursor::read_batch(&**client, after, limit).await?)
+    }
+
+    /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
+    /// it is durable; on failure hands the batch back for a retry.
+    async fn write(&self, batch: Batch) -> Result<bool, (MirrorError, Batch)> {
+        let sink = self.sink.clone();
+        let sanitizer = self.sanitizer.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::with_capacity(batch.events.len() * 512);
+            for event in &batch.events {
+                let (sanitized, report) = sanitizer.sanitize_event(event);
+                telemetry::sanitize::record(&report);
+                crate::event::encode_line(&sanitized, &mut lines);
+            }
+            let result = lock(&sink).append(&lines);
+            (result, batch)
+        });
+        let (result, batch) = match task.await {
+            Ok(pair) => pair,
+            Err(err) => {
+                // The batch is gone with the panicked task; it will be read again
+                // from the unchanged position.
+                return Err((MirrorError::Worker(err.to_string()), Batch::default()));
+            }
+        };
+        match result {
+            Ok(appended) => {
+                let now = chrono::Utc::now();
+                if let Some(last) = batch.events.last() {
+                    let lags = batch
+                        .events
+                        .iter()
+                        .map(|e| (now - e.occurred_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+                    telemetry::mirror::batch_durable(batch.events.len(), last.id, lags);
+                }
+                Ok(appended.durable)
+            }
+            Err(err) => Err((MirrorError::Sink(err), batch)),
+        }
+    }
+
+    /// Waits for something to do: the doorbell, the safety timer, or a short re-poll
+    /// while rows wait behind an open transaction.
+    async fn idle(&self, state: &mut LoopState, shutdown: &CancellationToken) {
+        // Nothing to read: a good moment to make everything durable and say so.
+        self.maybe_sync(state, true).await;
+        self.maybe_publish(state, true).await;
+        let wait = match self.client().await {
+            Ok(client) => cursor::horizon_wait(&**client, state.appended).await.ok().flatten(),
+            Err(_) => None,
+        };
+        telemetry::mirror::horizon_wait(wait);
+        let timer = if wait.is_some() {
+            self.settings.horizon_poll_interval
+        } else {
+            self.settings.poll_interval
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.doorbell.rings.notified() => {}
+            _ = tokio::time::sleep(timer) => {}
+        }
+    }
+
+    /// Fsyncs appended lines when the interval policy says so (or `force`).
+    async fn maybe_sync(&self, state: &mut LoopState, force: bool) {
+        if state.durable == state.appended {
+            return;
+        }
+        let due = state.last_sync.elapsed() >= self.sink_settings.fsync_interval;
+        if !(force || due) {
+            return;
+        }
+        let sink = self.sink.clone();
+        match tokio::task::spawn_blocking(move || lock(&sink).sync()).await {
+            Ok(Ok(())) => {
+                state.durable = state.appended;
+                state.last_sync = Instant::now();
+            }
+            Ok(Err(err)) => {
+                telemetry::mirror::mirror_failed("sync", &err);
+                self.health.set_failing(CHECK_SINK, err.to_string());
+            }
+            Err(err) => telemetry::mirror::mirror_failed("sync", &err),
+        }
+    }
+
+    /// Publishes the durable position when it moved (at most every second unless `force`).
+    async fn maybe_publish(&self, state: &mut LoopState, force: bool) {
+        if state.published == state.durable {
+            return;
+        }
+        if !force && state.published_at.elapsed() < PUBLISH_INTERVAL {
+            return;
+        }
+        let result = match self.client().await {
+            Ok(client) => cursor::publish_position(
+                &**client,
+                &self.sink_settings.sink_id,
+                &state.system_identifier,
+                state.durable,
+            )
+            .await
+            .map_err(MirrorError::from),
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(()) => {
+                state.published = state.durable;
+                state.published_at = Instant::now();
+            }
+            // Not fatal: retention merely stays further behind until the next try.
+            Err(err) => tracing::warn!(error = %err, "Cannot publish the sink position"),
+        }
+    }
+
+    async fn write_state(&self, state: &SinkState) -> Result<(), MirrorError> {
+        let value = serde_json::to_value(state).map_err(|e| MirrorError::BadState(e.to_string()))?;
+        let sink = self.sink.clone();
+        tokio::task::spawn_blocking(move || lock(&sink).write_state(&value))
+            .await
+            .map_err(|e| MirrorError::Worker(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn close(self) -> Result<(), MirrorError> {
+        let sink = self.sink;
+        tokio::task::spawn_blocking(move || match Arc::try_unwrap(sink) {
+            Ok(mutex) => mutex.into_inner().unwrap_or_else(|e| e.into_inner()).close(),
+            // Another holder (a worker still running) keeps it; it closes on drop.
+            Err(_) => Ok(()),
+        })
+        .await
+        .map_err(|e| MirrorError::Worker(e.to_string()))??;
+        Ok(())
+    }
+}
+
+/// Positions of the running loop.
+struct LoopState {
+    /// After the last line appended.
+    appended: Position,
+    /// After the last line known to be on disk.
+    durable: Position,
+    /// Last position published to the database.
+    published: Position,
+    /// When it was published.
+    published_at: Instant,
+    /// When the sink was last fsync'd.
+    last_sync: Instant,
+    /// The cluster we mirror.
+    system_identifier: String,
+}
+
+fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {
+    // A panic while appending leaves the sink to its own recovery (it truncates to
+    // the last whole batch on the next append), so a poisoned lock is still usable.
+    sink.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `id` of a sink line.
+pub fn line_id(line: &[u8]) -> Result<i64, MirrorError> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: i64,
+    }
+    serde_json::from_slice::<IdOnly>(line)
+        .map(|l| l.id)
+        .map_err(|_| MirrorError::UnparsableLastLine)
+}
+
+/// Hex SHA-256 of a line.
+pub fn sha256_hex(line: &[u8]) -> String {
+    hex::encode(Sha256::digest(line))
+}
