@@ -1,0 +1,373 @@
+//! The mirror's guarantees (SPEC §7.1–7.3, 7.6), each attacked with the real daemon
+//! binary against a real PostgreSQL. The oracle is always the table itself once the
+//! writers have stopped: rolled-back rows never exist there, and a commit whose
+//! outcome a writer could not learn (connection lost during COMMIT) is judged by what
+//! the database kept.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use rand::Rng;
+use support::writers::{self, Shapes, Writers};
+use support::{compare_ids, read_sink_ids, read_sink_lines, wait_for, DaemonConfig};
+
+/// Waits until the sink holds every committed id, then asserts exactly once.
+async fn assert_sink_matches_table(url: &str, sink: &std::path::Path) {
+    let committed = writers::committed_ids(url).await;
+    let caught_up = wait_for(Duration::from_secs(60), async || {
+        let written = read_sink_ids(sink);
+        (written.len() >= committed.len()).then_some(())
+    })
+    .await;
+    let written = read_sink_ids(sink);
+    let (missing, duplicated, unexpected) = compare_ids(&committed, &written);
+    assert!(
+        caught_up.is_some() || !missing.is_empty(),
+        "timed out although nothing is missing"
+    );
+    assert!(missing.is_empty(), "{} committed events missing from the sink, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(duplicated.is_empty(), "{} events written twice, e.g. {:?}", duplicated.len(), &duplicated[..duplicated.len().min(10)]);
+    assert!(unexpected.is_empty(), "events in the sink that are not committed: {:?}", &unexpected[..unexpected.len().min(10)]);
+}
+
+fn is_sorted(ids: &[i64]) -> bool {
+    ids.windows(2).all(|w| w[0] < w[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_committing_out_of_id_order_reach_the_sink_exactly_once() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "200")
+        .spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+
+    let writers = Writers::start(
+        db.url(),
+        org,
+        8,
+        Shapes {
+            hold_open: 0.25,
+            ..Shapes::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = writers.stop().await;
+    assert!(stats.held_open.load(std::sync::atomic::Ordering::Relaxed) > 5, "the scenario held transactions open");
+    assert!(stats.rollbacks.load(std::sync::atomic::Ordering::Relaxed) > 0, "the scenario rolled back");
+
+    assert_sink_matches_table(db.url(), &sink).await;
+    let written = read_sink_ids(&sink);
+    assert!(
+        !is_sorted(&written),
+        "ids should have committed out of order at least once (else this test proves nothing)"
+    );
+    let text = std::fs::read_to_string(sink.join("audit.ndjson")).unwrap_or_default();
+    assert!(!text.contains("never-in-sink"), "a secret reached the sink");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let config = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "25")
+        .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "32K");
+    let writers = Writers::start(
+        db.url(),
+        org,
+        4,
+        Shapes {
+            bulk: 0.3,
+            ..Shapes::default()
+        },
+    );
+    for _ in 0..8 {
+        let daemon = config.spawn();
+        let lifetime = rand::rng().random_range(150..1200);
+        tokio::time::sleep(Duration::from_millis(lifetime)).await;
+        daemon.kill();
+    }
+    writers.stop().await;
+    let daemon = config.spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert_sink_matches_table(db.url(), &sink).await;
+    let rotated = std::fs::read_dir(&sink).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("audit-")).count();
+    assert!(rotated > 0, "kills should have met rotations too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_restart_and_terminated_backends_lose_nothing() {
+    let pg = support::PrivatePostgres::start();
+    let url = pg.create_migrated_database("mirror_restart");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(&url, "acme-dev").await;
+    let daemon = DaemonConfig::new(&url, &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "50")
+        .spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    let writers = Writers::start(&url, org, 4, Shapes::default());
+
+    // The listener's backend (and every other daemon backend) killed under it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    writers::execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name LIKE 'compartment-auditd%' AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let reconnected = wait_for(Duration::from_secs(20), async || {
+        let (_, metrics) = daemon.get("/metrics")?;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("compartment_audit_listener_reconnects_total") && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    assert!(reconnected.is_some(), "the terminated listener was not noticed: {}", daemon.log_text());
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await);
+
+    // The whole server restarted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.stop();
+    let body = daemon.wait_not_ready(Duration::from_secs(30)).await;
+    assert!(body.is_some(), "readiness stayed true while the database was down");
+    pg.restart();
+    assert!(daemon.wait_ready(Duration::from_secs(60)).await, "not ready again: {}", daemon.log_text());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    writers.stop().await;
+    assert_sink_matches_table(&url, &sink).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_the_daemon_was_down_are_caught_up() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let config = DaemonConfig::new(db.url(), &sink, dir.path());
+
+    // start_from = now (the default): what exists before the first start is skipped.
+    insert_n(db.url(), org, 5).await;
+    let daemon = config.spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    let before: Vec<i64> = writers::committed_ids(db.url()).await;
+    insert_n(db.url(), org, 3).await;
+    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 3).then_some(())).await.is_some());
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // Down: no notification reaches anyone.
+    insert_n(db.url(), org, 7).await;
+    let daemon = config.spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await);
+    let all = writers::committed_ids(db.url()).await;
+    let expected: Vec<i64> = all.iter().copied().filter(|id| !before.contains(id)).collect();
+    assert_eq!(expected.len(), 10);
+    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 10).then_some(())).await.is_some());
+    let (missing, duplicated, unexpected) = compare_ids(&expected, &read_sink_ids(&sink));
+    assert!(missing.is_empty() && duplicated.is_empty() && unexpected.is_empty(), "{missing:?} {duplicated:?} {unexpected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_beginning_backfills_every_retained_event() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    insert_n(db.url(), org, 12).await;
+    let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert_sink_matches_table(db.url(), &sink).await;
+    let lines = read_sink_lines(&sink);
+    assert_eq!(lines.len(), 12);
+    assert_eq!(lines[0]["organization"], "acme-dev");
+    assert!(lines[0]["metadata"].get("password").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_exits_zero_with_every_line_whole() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let config = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "100");
+    insert_n(db.url(), org, 20_000).await;
+    let daemon = config.spawn();
+    // Stop it while it is catching up.
+    let started = wait_for(Duration::from_secs(30), async || (!read_sink_ids(&sink).is_empty()).then_some(())).await;
+    assert!(started.is_some(), "never started writing: {}", daemon.log_text());
+    let status = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
+    // read_sink_ids panics on a torn line: every acknowledged line is whole.
+    let partial = read_sink_ids(&sink);
+    assert!(!partial.is_empty());
+    // And the published position never runs ahead of the file.
+    let published = published_event_id(db.url()).await;
+    assert!(published.is_some_and(|id| partial.contains(&id)), "published {published:?} is not a written line");
+    let daemon = config.spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await);
+    assert_sink_matches_table(db.url(), &sink).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_each_failing_check_and_metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    // Nothing listens on this port: the database is unreachable.
+    let dead = format!("postgres://postgres@127.0.0.1:{}/nowhere", support::free_port());
+    let daemon = DaemonConfig::new(&dead, &sink, dir.path()).spawn();
+    let body = daemon.wait_not_ready(Duration::from_secs(30)).await.expect("readyz answers 503");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("readyz answers JSON");
+    assert_eq!(report["status"], "not_ready");
+    for check in ["database", "listener", "mirror"] {
+        assert_eq!(report["checks"][check]["status"], "failing", "{check} in {report}");
+        assert!(report["checks"][check]["message"].is_string());
+    }
+    assert!(!body.contains("postgres://"), "readiness must not print the database URL");
+    let (status, _) = daemon.get("/healthz").expect("healthz answers");
+    assert_eq!(status, 200);
+    let (status, _) = daemon.get("/nope").expect("404 answers");
+    assert_eq!(status, 404);
+
+    let (status, metrics) = daemon.get("/metrics").expect("metrics answer");
+    assert_eq!(status, 200);
+    for name in [
+        "compartment_audit_events_mirrored_total",
+        "compartment_audit_listener_reconnects_total",
+        "compartment_audit_build_info",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    if which("promtool") {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    } else {
+        eprintln!("SKIPPED promtool check: promtool is not installed (scripts/test installs it)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_database_halts_mirroring_until_rebaselined() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let config = DaemonConfig::new(db.url(), &sink, dir.path());
+    let daemon = config.spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    insert_n(db.url(), org, 2).await;
+    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 2).then_some(())).await.is_some());
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // Pretend the sink was set up against another cluster.
+    let state_path = std::fs::read_dir(&sink)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("system_identifier")))
+        .expect("the sink keeps a state file with the system identifier");
+    let text = std::fs::read_to_string(&state_path).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let path = find_key(&mut state, "system_identifier").expect("state has system_identifier");
+    *path = serde_json::Value::String("1234567890".into());
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let daemon = config.spawn();
+    let body = daemon.wait_not_ready(Duration::from_secs(30)).await.expect("not ready");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let message = report["checks"]["mirror"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rebaseline"), "the failing check says what to do: {message}");
+    insert_n(db.url(), org, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_sink_ids(&sink).len(), 2, "nothing is written while halted");
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let output = std::process::Command::new(support::bin())
+        .env_clear()
+        .env("COMPARTMENT_DATABASE_URL", db.url())
+        .env("COMPARTMENT_AUDIT_FILE_SINK_ENABLED", "true")
+        .env("COMPARTMENT_AUDIT_FILE_SINK_DIR", &sink)
+        .args(["sink", "rebaseline", "--yes"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "rebaseline: {}", String::from_utf8_lossy(&output.stderr));
+    let daemon = config.spawn();
+    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready after rebaseline: {}", daemon.log_text());
+    insert_n(db.url(), org, 1).await;
+    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 3).then_some(())).await.is_some());
+}
+
+fn find_key<'a>(value: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.contains_key(key) {
+                return map.get_mut(key);
+            }
+            map.values_mut().find_map(|v| find_key(v, key))
+        }
+        _ => None,
+    }
+}
+
+async fn insert_n(url: &str, org: uuid::Uuid, n: i32) {
+    writers::execute(
+        url,
+        &format!(
+            "INSERT INTO audit_events (organization_id, event_type, actor_type, actor_id, metadata) \
+             SELECT '{org}', 'organization.user.invited', 'user', 'usr_' || g, \
+                    jsonb_build_object('email', 'u' || g || '@example.com', 'password', 'hunter2') \
+             FROM generate_series(1, {n}) g"
+        ),
+    )
+    .await;
+}
+
+async fn published_event_id(url: &str) -> Option<i64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.ok()?;
+    let driver = tokio::spawn(connection);
+    let row = client
+        .query_opt("SELECT event_id FROM audit_sink_positions", &[])
+        .await
+        .ok()
+        .flatten();
+    driver.abort();
+    row.map(|r| r.get(0))
+}
+
+fn which(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
