@@ -851,7 +851,14 @@ impl TomlFile {
             let (line, column) = line_and_column(&contents, offset);
             return Err(ConfigError::Syntax {
                 path: path.to_path_buf(),
-                message: err.message().trim_end().to_owned(),
+                // One line, so that the error stays one message in a log.
+                message: err
+                    .message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 line,
                 column,
             });
@@ -1402,6 +1409,18 @@ fn log_level(value: &Value) -> Result<String, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err(ACCEPTED.into());
+    }
+    // EnvFilter reads a bare word as a target enabled at every level, so a typo such
+    // as "inf" would silently switch off every other log line: insist on a level or
+    // an explicit `target=level`.
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in text.split(',').map(str::trim) {
+        let is_level = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive));
+        if !is_level && !directive.contains('=') {
+            return Err(format!(
+                "{directive:?} is neither a level nor target=level; {ACCEPTED}"
+            ));
+        }
     }
     tracing_subscriber::EnvFilter::builder()
         .parse(text)

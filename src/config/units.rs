@@ -62,7 +62,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => MS_PER_HOUR,
             "d" => MS_PER_DAY,
             "w" => MS_PER_WEEK,
-            "" => return Err(format!("{number} has no unit")),
+            "" if tail.is_empty() => return Err(format!("{number} has no unit")),
+            "" => return Err(format!("unexpected {tail:?} after {number}")),
             other => return Err(format!("unknown unit {other:?}")),
         };
         let number: u64 = number
