@@ -1434,7 +1434,10 @@ fn parse_database_url(value: &Value) -> Result<SecretString, String> {
     let config: tokio_postgres::Config = text.parse().map_err(|err: tokio_postgres::Error| {
         // The parser quotes the character it stumbled on, which may be part of the
         // password: keep only the part of its message before that.
-        let message = err.to_string();
+        let mut message = err.to_string();
+        if let Some(cause) = std::error::Error::source(&err) {
+            message = format!("{message}: {cause}");
+        }
         let message = message
             .split(" but got")
             .next()

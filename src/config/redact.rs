@@ -12,15 +12,16 @@ use regex::Regex;
 /// What a redacted secret is replaced with.
 pub const MASK: &str = "****";
 
-/// `password=…` in key/value form, quoted (with backslash escapes) or bare.
+/// `password=…` (and libpq's `sslpassword=…`, the client key's passphrase) in
+/// key/value form, quoted (with backslash escapes) or bare.
 static KEY_VALUE_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
+    Regex::new(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
         .expect("the pattern is a valid regular expression, fixed at compile time")
 });
 
-/// `password=…` as a URL query parameter.
+/// `password=…` or `sslpassword=…` as a URL query parameter.
 static QUERY_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)([?&]password=)[^&#]*")
+    Regex::new(r"(?i)([?&](?:ssl)?password=)[^&#]*")
         .expect("the pattern is a valid regular expression, fixed at compile time")
 });
 
@@ -94,6 +95,10 @@ mod tests {
             redact_database_url("postgres://host/db?user=app&password=hunter2&sslmode=disable"),
             "postgres://host/db?user=app&password=****&sslmode=disable"
         );
+        assert_eq!(
+            redact_database_url("postgres://host/db?sslpassword=keypass"),
+            "postgres://host/db?sslpassword=****"
+        );
     }
 
     #[test]
@@ -107,6 +112,29 @@ mod tests {
             "host=db password = **** dbname=x"
         );
         assert_eq!(redact_database_url("PASSWORD=hunter2"), "PASSWORD=****");
+        assert_eq!(
+            redact_database_url("host=db sslpassword=keypass"),
+            "host=db sslpassword=****"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_url_password_survives(pw in "Zq[A-Za-z0-9!$%^*()_+=/?#@:.~-]{6,24}") {
+            let redacted = redact_database_url(&format!("postgres://app:{pw}@db.internal:5432/x"));
+            proptest::prop_assert!(!redacted.contains(&pw), "{}", redacted);
+        }
+
+        #[test]
+        fn no_key_value_password_survives(
+            bare in "Zq[A-Za-z0-9!$%^*()_+=/?#@:.~-]{6,24}",
+            quoted in "Zq[A-Za-z0-9 !$%^*()_+=/?#@:.~-]{6,24}",
+        ) {
+            let redacted = redact_database_url(&format!("host=db password={bare} dbname=x"));
+            proptest::prop_assert!(!redacted.contains(&bare), "{}", redacted);
+            let redacted = redact_database_url(&format!("host=db password='{quoted}' dbname=x"));
+            proptest::prop_assert!(!redacted.contains(&quoted), "{}", redacted);
+        }
     }
 
     #[test]
