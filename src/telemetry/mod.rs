@@ -5,6 +5,8 @@
 //! names. Each component has its own submodule; an event function there emits the
 //! log line and the metric together, so every metric name exists once.
 
+pub mod logging;
+
 use std::sync::LazyLock;
 
 use prometheus::Registry;
