@@ -75,6 +75,8 @@ pub const ENV_FILE_SINK_FSYNC: &str = "COMPARTMENT_AUDIT_FILE_SINK_FSYNC";
 pub const ENV_FILE_SINK_FSYNC_INTERVAL: &str = "COMPARTMENT_AUDIT_FILE_SINK_FSYNC_INTERVAL";
 /// `file_sink.compress_delay`.
 pub const ENV_FILE_SINK_COMPRESS_DELAY: &str = "COMPARTMENT_AUDIT_FILE_SINK_COMPRESS_DELAY";
+/// `file_sink.id`.
+pub const ENV_FILE_SINK_ID: &str = "COMPARTMENT_AUDIT_FILE_SINK_ID";
 /// `file_sink.allow_group_bits`.
 pub const ENV_FILE_SINK_ALLOW_GROUP_BITS: &str = "COMPARTMENT_AUDIT_FILE_SINK_ALLOW_GROUP_BITS";
 /// `mirror.batch_size`.
@@ -146,6 +148,7 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_FILE_SINK_FSYNC_INTERVAL, "file_sink.fsync_interval"),
     env(ENV_FILE_SINK_COMPRESS_DELAY, "file_sink.compress_delay"),
     env(ENV_FILE_SINK_ALLOW_GROUP_BITS, "file_sink.allow_group_bits"),
+    env(ENV_FILE_SINK_ID, "file_sink.id"),
     env(ENV_MIRROR_BATCH_SIZE, "mirror.batch_size"),
     env(ENV_MIRROR_POLL_INTERVAL, "mirror.poll_interval"),
     env(
@@ -264,6 +267,10 @@ pub struct FileSinkSettings {
     pub compress_delay: Duration,
     /// Tolerate group permission bits on the directory (Kubernetes `fsGroup` volumes).
     pub allow_group_bits: bool,
+    /// Name under which this sink publishes its position to the database (TOML key
+    /// `id`), so that retention never deletes what it has not written; distinct per
+    /// sink directory when several daemons mirror one database.
+    pub sink_id: String,
 }
 
 /// Mirror (database → sink) settings.
@@ -670,6 +677,7 @@ impl Settings {
                 fsync_interval: Duration::from_secs(1),
                 compress_delay: Duration::from_secs(30),
                 allow_group_bits: false,
+                sink_id: "default".into(),
             },
             mirror: MirrorSettings {
                 batch_size: 1000,
@@ -928,6 +936,7 @@ struct RawFileSink {
     fsync_interval: RawValue,
     compress_delay: RawValue,
     allow_group_bits: RawValue,
+    id: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1104,6 +1113,7 @@ impl Reader<'_> {
         read!(self, "file_sink", fs, compress_delay => s.file_sink.compress_delay,
             duration(Duration::ZERO, days(7)));
         read!(self, "file_sink", fs, allow_group_bits => s.file_sink.allow_group_bits, boolean);
+        read!(self, "file_sink", fs, id => s.file_sink.sink_id, sink_id);
 
         let m = &raw.mirror;
         read!(self, "mirror", m, batch_size => s.mirror.batch_size, count(1, 100_000));
@@ -1374,6 +1384,22 @@ fn choice<T: Copy>(
             .find(|(word, _)| word.eq_ignore_ascii_case(text.trim()))
             .map(|(_, option)| *option)
             .ok_or(accepted)
+    }
+}
+
+fn sink_id(value: &Value) -> Result<String, String> {
+    const ACCEPTED: &str =
+        "expected 1 to 64 characters of letters, digits, '.', '_' or '-', such as default or host-a";
+    let text = string(value, ACCEPTED)?;
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(ACCEPTED.into())
     }
 }
 

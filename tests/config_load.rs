@@ -178,6 +178,15 @@ const CASES: &[Case] = &[
         get: |s| dbg(s.file_sink.allow_group_bits),
     },
     Case {
+        var: "COMPARTMENT_AUDIT_FILE_SINK_ID",
+        key: "file_sink.id",
+        file: r#""host-a""#,
+        file_expect: "\"host-a\"",
+        env: "host-b",
+        env_expect: "\"host-b\"",
+        get: |s| dbg(&s.file_sink.sink_id),
+    },
+    Case {
         var: "COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE",
         key: "mirror.batch_size",
         file: "500",

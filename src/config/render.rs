@@ -46,6 +46,7 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                 ("fsync_interval", duration(s.file_sink.fsync_interval)),
                 ("compress_delay", duration(s.file_sink.compress_delay)),
                 ("allow_group_bits", s.file_sink.allow_group_bits.to_string()),
+                ("id", quoted(&s.file_sink.sink_id)),
             ],
         ),
         (
