@@ -13,7 +13,8 @@
 //! - [`encode_line`] appends one `\n`-terminated JSON line to a buffer.
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
 /// One row of `audit_events`, joined with its organization's slug, as read from the database.
@@ -243,7 +244,7 @@ pub fn metric_label(event_type: &str) -> &'static str {
 /// An audit event after sanitizing: the only form in which an event leaves the daemon.
 ///
 /// The field order is the stable line format of SPEC §5; do not reorder fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SanitizedEvent {
     /// Database id; collectors deduplicate on it.
     pub id: i64,
@@ -265,11 +266,11 @@ pub struct SanitizedEvent {
     /// `succeeded`, `failed` or `denied`.
     pub status: String,
     /// Allowlisted, scrubbed metadata; always a JSON object.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub metadata: Metadata,
 }
 
 /// The `actor` object of a sink line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
     /// `user`, `api_token`, `system` …
     #[serde(rename = "type")]
@@ -281,7 +282,7 @@ pub struct Actor {
 }
 
 /// The `target` object of a sink line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Target {
     /// What kind of thing was acted on; `null` when the event has no target.
     #[serde(rename = "type")]
@@ -290,11 +291,80 @@ pub struct Target {
     pub id: Option<String>,
 }
 
+/// Sanitized metadata: allowlisted top-level keys, each at most once, in the order of
+/// the event's catalog allowlist (as in the SPEC §5 example), with scrubbed values.
+///
+/// Serializes as a JSON object. Objects nested in the values keep serde_json's sorted
+/// key order, so the encoding is deterministic at every level.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metadata {
+    /// Catalog key names are `'static`, so keeping them costs no allocation per event.
+    entries: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Metadata {
+    /// Empty metadata, as written for unknown event types.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a key; only the sanitizer builds metadata, and it appends each allowed
+    /// key at most once.
+    pub(crate) fn push(&mut self, key: &'static str, value: serde_json::Value) {
+        debug_assert!(self.get(key).is_none(), "metadata key {key} pushed twice");
+        self.entries.push((key, value));
+    }
+
+    /// The value of `key`, if kept.
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.entries
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value)
+    }
+
+    /// The kept keys and values, in output order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &serde_json::Value)> + '_ {
+        self.entries.iter().map(|(name, value)| (*name, value))
+    }
+
+    /// How many keys were kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key was kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The metadata as a JSON object (keys re-sorted, as serde_json maps are).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.entries
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (name, value) in &self.entries {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 /// Appends `event` to `out` as exactly one JSON line terminated by `\n`.
 ///
 /// serde_json escapes every control character inside strings, so the only raw newline
-/// written is the terminator. Object keys come out sorted (serde_json's map is a
-/// `BTreeMap`), which makes the bytes a pure function of the event.
+/// written is the terminator. Top-level metadata keys come out in catalog order and
+/// nested object keys sorted (serde_json's map is a `BTreeMap`), so the bytes are a
+/// pure function of the event.
 pub fn encode_line(event: &SanitizedEvent, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, event).expect(
         "encoding a SanitizedEvent into a Vec cannot fail: writing to a Vec is infallible, \
