@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use compartment_auditd::event::{
-    self, allowed_metadata_keys, encode_line, metric_label, AuditEvent, CATALOG, UNKNOWN_EVENT_TYPE,
+    self, allowed_metadata_keys, encode_line, metric_label, Actor, AuditEvent, Metadata,
+    SanitizedEvent, Target, CATALOG, UNKNOWN_EVENT_TYPE,
 };
 use compartment_auditd::sanitize::{is_secret_key_name, Sanitizer};
 use serde_json::json;
@@ -362,4 +363,36 @@ fn top_level_fields_are_in_the_stable_order() {
     .map(|field| line.find(field).expect("field present"))
     .collect();
     assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{line}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+    /// The hand-written timestamp formatter agrees with chrono's RFC 3339 millisecond
+    /// form over the whole four-digit-year range.
+    #[test]
+    fn occurred_at_is_rfc3339_utc_with_milliseconds(
+        secs in -62_167_219_200_i64..253_402_300_800,
+        nanos in 0u32..1_000_000_000,
+    ) {
+        let at = DateTime::from_timestamp(secs, nanos).expect("in range");
+        let event = SanitizedEvent {
+            id: 1,
+            occurred_at: at,
+            organization_id: Uuid::nil(),
+            organization: "acme-dev".into(),
+            event_type: "organization.user.invited".into(),
+            actor: Actor { kind: "system".into(), id: "system".into(), email: None },
+            target: Target { kind: None, id: None },
+            project_id: None,
+            status: "succeeded".into(),
+            metadata: Metadata::new(),
+        };
+        let mut line = Vec::new();
+        encode_line(&event, &mut line);
+        let parsed: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        let expected = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        proptest::prop_assert_eq!(parsed["occurred_at"].as_str(), Some(expected.as_str()));
+        proptest::prop_assert_eq!(expected.len(), 24);
+    }
 }
