@@ -419,8 +419,33 @@ pub fn is_secret_key_name(name: &str) -> bool {
     let joined = joined_words(name, |word| {
         secret_word |= SECRET_NAME_WORDS.contains(&word);
     });
-    secret_word || SECRET_NAME_PARTS.iter().any(|part| joined.contains(part))
+    secret_word || contains_secret_part(joined.as_bytes())
 }
+
+/// Whether `joined` contains one of [`SECRET_NAME_PARTS`].
+///
+/// Keys are short, so a scan that tries the parts only at positions holding one of
+/// their first letters beats a substring search per part (which sets up a searcher
+/// for each of them on every call).
+fn contains_secret_part(joined: &[u8]) -> bool {
+    joined.iter().enumerate().any(|(at, byte)| {
+        SECRET_PART_FIRST_BYTES[usize::from(*byte)]
+            && SECRET_NAME_PARTS
+                .iter()
+                .any(|part| joined[at..].starts_with(part.as_bytes()))
+    })
+}
+
+/// `true` at each byte that starts one of [`SECRET_NAME_PARTS`].
+const SECRET_PART_FIRST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut index = 0;
+    while index < SECRET_NAME_PARTS.len() {
+        table[SECRET_NAME_PARTS[index].as_bytes()[0] as usize] = true;
+        index += 1;
+    }
+    table
+};
 
 /// A query-string parameter name that is secret-named: by rule 2 or by the extra
 /// query words (`sig`, `code`, `key` …).
@@ -511,7 +536,14 @@ fn has_secret_assignment(value: &str) -> bool {
         while start > 0 && is_name_byte(bytes[start - 1]) {
             start -= 1;
         }
-        if start == end {
+        // Every secret-named word has at least three letters; this skips the names
+        // in timestamps (`2026-05-01T10:`), times and ports without classifying them.
+        if bytes[start..end]
+            .iter()
+            .filter(|b| b.is_ascii_alphabetic())
+            .count()
+            < 3
+        {
             continue;
         }
         // Only ASCII bytes were stepped over, so both ends are char boundaries.
