@@ -34,7 +34,7 @@
 //!    PEM private key blocks (`-----BEGIN … PRIVATE KEY`, also without the end line)
 //!    and PuTTY key files; JWTs; AWS access key ids (`AKIA`, `ASIA`, `ABIA`, `ACCA`);
 //!    GitHub (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`), GitLab (`glpat-`
-//!    and the other `gl…-` prefixes), Bitbucket (`ATBB`), Slack (`xox?-`, `xapp-`, and
+//!    and the other `gl…-` prefixes), Bitbucket (`ATBB`), Slack (`xoxb-`, `xoxp-` … , `xapp-`, and
 //!    Slack and Discord webhook URLs), Google API keys (`AIza…`), Stripe (`sk_`/`rk_`
 //!    `live`/`test`, `whsec_`), npm (`npm_`), SendGrid (`SG.`), Docker Hub (`dckr_pat_`),
 //!    OpenAI-style `sk-…` keys; `Bearer <token>`; URLs with credentials
@@ -70,7 +70,13 @@
 //!    that is kept plus a margin, so a secret straddling the cut is still caught.
 //!
 //! The output is deterministic: the same event always gives the same bytes, because
-//! serde_json's map keeps keys sorted.
+//! top-level metadata keys follow the catalog's allowlist order and nested objects use
+//! serde_json's sorted map.
+//!
+//! Known limits: key names are compared after Unicode lower-casing but without
+//! look-alike folding (a Cyrillic `а` in `pаssword` is not caught by rule 2; rule 3
+//! still checks its value); `user:pass@host` without a `scheme://` is not recognised,
+//! because it cannot be told from `git@host:org/repo`.
 
 use std::sync::Arc;
 
@@ -91,6 +97,9 @@ const SCAN_MARGIN: usize = 1024;
 
 /// Longest string a strict field (rule 5) may hold; it also bounds the regex work.
 const STRICT_FIELD_MAX_BYTES: usize = 320;
+
+/// The keys of a diff entry that carry values (`sensitive` is handled on its own).
+const DIFF_ENTRY_KEYS: &[&str] = &["field", "op", "from", "to"];
 
 /// Depth of a diff entry's `from`/`to`: metadata (0) → `diff` (1) → entry (2) → value (3).
 const DIFF_VALUE_DEPTH: usize = 3;
@@ -198,17 +207,20 @@ const SECRET_SHAPES: &[&str] = &[
     r"github_pat_[A-Za-z0-9_]{30,}",
     r"gl(?:pat|dt|rt|ptt|cbt|soat|oas|ft|imt|agent|wt|ffct)-[A-Za-z0-9_.-]{20,}",
     r"ATBB[A-Za-z0-9_=.-]{24,}",
-    r"xox[a-z]-[A-Za-z0-9-]{10,}",
+    // Bot, user, app, refresh, session and rotating config tokens.
+    r"xox[abeprs]-[A-Za-z0-9-]{10,}",
     r"xapp-[0-9]+-[A-Za-z0-9-]{10,}",
     r"hooks\.slack\.com/(?:services|workflows|triggers)/",
     r"discord(?:app)?\.com/api/webhooks/",
     r"AIza[0-9A-Za-z_-]{35}",
-    r"(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}",
+    // The short, generic-looking prefixes below need a word boundary, or they would
+    // match inside ordinary names (`desk_test_…`, `task-runner-…`, `MSG.…`).
+    r"(?-u:\b)(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}",
     r"whsec_[A-Za-z0-9+/=]{16,}",
     r"npm_[A-Za-z0-9]{36}",
-    r"SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}",
+    r"(?-u:\b)SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}",
     r"dckr_pat_[A-Za-z0-9_-]{20,}",
-    r"sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{32,}",
+    r"(?-u:\b)sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{32,}",
     r"(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}",
 ];
 
@@ -797,27 +809,31 @@ impl<'a> Walk<'a> {
         let sensitive = marked || secret_field || marked_value;
 
         let mut output = Map::new();
-        for (key, value) in entry {
-            match key.as_str() {
-                "field" | "op" => {
-                    let value = self.value(value, DIFF_VALUE_DEPTH);
-                    output.insert(key.clone(), value);
-                }
-                "from" | "to" if sensitive => match self.fingerprint_only(value) {
+        // Looking the known keys up, rather than walking the entry, keeps a hostile
+        // entry with many keys as cheap as a normal one.
+        let mut recognised = 0;
+        for key in DIFF_ENTRY_KEYS {
+            let Some(value) = entry.get(*key) else {
+                continue;
+            };
+            recognised += 1;
+            if sensitive && matches!(*key, "from" | "to") {
+                match self.fingerprint_only(value) {
                     Some(fingerprint) => {
-                        output.insert(key.clone(), fingerprint);
+                        output.insert((*key).to_owned(), fingerprint);
                     }
                     None => self.report.redacted_values += 1,
-                },
-                "from" | "to" => {
-                    let value = self.value(value, DIFF_VALUE_DEPTH);
-                    output.insert(key.clone(), value);
                 }
-                // Re-derived below, so a producer's non-boolean flag cannot slip through.
-                "sensitive" if matches!(value, Value::Bool(_)) => {}
-                _ => self.report.dropped_keys += 1,
+            } else {
+                let value = self.value(value, DIFF_VALUE_DEPTH);
+                output.insert((*key).to_owned(), value);
             }
         }
+        // The flag is re-derived below, so a producer's non-boolean one cannot slip through.
+        if matches!(entry.get("sensitive"), Some(Value::Bool(_))) {
+            recognised += 1;
+        }
+        self.report.dropped_keys += (entry.len() - recognised) as u64;
         if sensitive {
             output.insert("sensitive".to_owned(), Value::Bool(true));
         } else if let Some(Value::Bool(flag)) = entry.get("sensitive") {

@@ -307,6 +307,10 @@ fn ordinary_values_are_not_mistaken_for_secrets() {
         "https://login.example.com/realms/acme",
         "https://example.com/search?q=tokens&page=2",
         "keyJohnDoe1234.example.com",
+        "deploy/task-runner-configuration-for-production.yaml",
+        "desk_test_abcdefghijklmnopqrstuvwxyz",
+        "MSG.abcdefghijklmnopqrstu.abcdefghijklmnopqrstu",
+        "xoxo-hugs-and-kisses-to-all",
         "a note: nothing secret here",
         "",
     ] {
@@ -651,7 +655,9 @@ fn a_secret_cut_by_truncation_is_still_redacted() {
     let limits = Limits::default();
     for sample in secret_samples(11) {
         for offset in [1, 8, sample.value.len() / 2] {
-            let padding = "p".repeat(limits.max_string_bytes.saturating_sub(offset));
+            // Text, then a blank, then the secret, placed so that the cut falls inside it.
+            let mut padding = "p".repeat(limits.max_string_bytes.saturating_sub(offset + 1));
+            padding.push(' ');
             let value = format!("{padding}{}", sample.value);
             let (line, output, _) = run("organization.user.removed", json!({"reason": value}));
             assert_eq!(output["reason"], REDACTED, "{} at {offset}", sample.name);
