@@ -10,6 +10,7 @@ use compartment_auditd::sanitize::{
 };
 use secrets::{leaks, secret_samples};
 use serde_json::{json, Value};
+use std::sync::OnceLock;
 use uuid::Uuid;
 
 fn event(event_type: &str, metadata: Value) -> AuditEvent {
@@ -42,8 +43,14 @@ fn run_with(sanitizer: &Sanitizer, raw: &AuditEvent) -> (String, Value, Sanitize
     (line, parsed["metadata"].clone(), report)
 }
 
+/// Runs with the default sanitizer, compiled once for the whole file (compiling the
+/// patterns is most of a debug-build test's time).
 fn run(event_type: &str, metadata: Value) -> (String, Value, SanitizeReport) {
-    run_with(&Sanitizer::new(), &event(event_type, metadata))
+    static DEFAULT: OnceLock<Sanitizer> = OnceLock::new();
+    run_with(
+        DEFAULT.get_or_init(Sanitizer::new),
+        &event(event_type, metadata),
+    )
 }
 
 /// A plausible value for each allowed key, valid under every rule.
