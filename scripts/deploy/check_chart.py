@@ -20,9 +20,7 @@ Usage: check_chart.py REPO_ROOT
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -35,8 +35,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-import helm_sdkpy
-
 # Resource types the stand-in API serves: group/version -> [(plural, kind, namespaced)].
 API_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     "v1": [
@@ -211,7 +209,10 @@ class StubApi(BaseHTTPRequestHandler):
         self._send(201, obj)
 
     def do_PUT(self) -> None:
-        gv, plural, namespace, name = self._route()
+        route = self._route()
+        if route is None or route[3] is None:
+            return self._status(404, "NotFound", "no such path")
+        gv, plural, namespace, name = route
         obj = self._body(kind_of(gv, plural))
         with self.lock:
             self.objects[self._key(gv, plural, namespace, name)] = obj
@@ -221,7 +222,10 @@ class StubApi(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_DELETE(self) -> None:
-        gv, plural, namespace, name = self._route()
+        route = self._route()
+        if route is None or route[3] is None:
+            return self._status(404, "NotFound", "no such path")
+        gv, plural, namespace, name = route
         with self.lock:
             obj = self.objects.pop(self._key(gv, plural, namespace, name), None)
         if obj is None:
@@ -252,6 +256,8 @@ SEVERITY = {1: "INFO", 2: "WARNING", 3: "ERROR"}
 
 def lint(chart: str, values_file: str | None) -> int:
     """`helm lint --strict [-f values_file]`: fails on warnings and errors."""
+    import helm_sdkpy  # only this backend needs it; check_chart.py imports merge()
+
     with tempfile.TemporaryDirectory() as scratch:
         target = chart
         if values_file:
@@ -276,6 +282,8 @@ def lint(chart: str, values_file: str | None) -> int:
 
 def template(chart: str, release: str, values_file: str | None) -> int:
     """`helm template`: the manifests and hooks of an install, as one YAML stream."""
+    import helm_sdkpy
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
