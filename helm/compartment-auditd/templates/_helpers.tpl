@@ -83,10 +83,47 @@ app.kubernetes.io/component: audit
 {{- default (printf "%s-sink" (include "compartment-auditd.fullname" .)) .Values.sink.volume.persistentVolumeClaim.claimName }}
 {{- end }}
 
-{{/* The TOML settings file; its checksum goes into the pod annotations. */}}
+{{/*
+The TOML settings file; its checksum goes into the pod annotations. Written here
+rather than with `toToml`: Helm reads every number in a values file as a float, and
+`toToml` would write `retention_files = 30.0`, which an integer setting refuses.
+*/}}
 {{- define "compartment-auditd.configToml" -}}
 # Rendered by the compartment-auditd chart from .Values.config.
-{{ if .Values.config }}{{ toToml .Values.config }}{{ end }}
+{{- include "compartment-auditd.tomlTable" (dict "path" "" "map" (.Values.config | default dict)) }}
+{{- end }}
+
+{{- define "compartment-auditd.tomlKey" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
+{{- end }}
+
+{{- define "compartment-auditd.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ . }}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}
+{{- if eq (float64 .) (float64 (int64 .)) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else if kindIs "slice" . }}[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ include "compartment-auditd.tomlValue" $e }}{{ end }}]
+{{- else }}{{ fail (printf "config: %v cannot be written as a TOML value (strings, numbers, booleans, lists and maps only)" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Scalars of a table first, then its sub-tables as [dotted.headers]. */}}
+{{- define "compartment-auditd.tomlTable" -}}
+{{- $path := .path }}
+{{- range $k, $v := .map }}
+{{- if not (kindIs "map" $v) }}
+{{ include "compartment-auditd.tomlKey" $k }} = {{ include "compartment-auditd.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := .map }}
+{{- if kindIs "map" $v }}
+{{- $p := include "compartment-auditd.tomlKey" $k }}
+{{- if $path }}{{ $p = printf "%s.%s" $path $p }}{{ end }}
+
+[{{ $p }}]
+{{- include "compartment-auditd.tomlTable" (dict "path" $p "map" $v) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Environment of the daemon and of `migrate`. */}}
