@@ -32,9 +32,10 @@ CREATE TABLE organizations (
     audit_retention_days integer,
     created_at timestamptz NOT NULL DEFAULT now(),
     -- Days are given exactly when the mode says so, and are at least 1: a zero or
-    -- negative value would make cleanup delete everything.
+    -- negative value would make cleanup delete everything. (Spelled out with IS NOT
+    -- NULL because a CHECK that evaluates to NULL passes.)
     CONSTRAINT organizations_audit_retention_days_check CHECK (
-        (audit_retention_mode = 'days' AND audit_retention_days >= 1)
+        (audit_retention_mode = 'days' AND audit_retention_days IS NOT NULL AND audit_retention_days >= 1)
         OR (audit_retention_mode <> 'days' AND audit_retention_days IS NULL)
     )
 );

@@ -138,49 +138,77 @@ pub async fn run_on(client: &mut tokio_postgres::Client) -> Result<MigrationRepo
     let mut report = MigrationReport::default();
     loop {
         let tx = client.transaction().await?;
-        // Under the lock, READ COMMITTED gives every following statement a snapshot
-        // that includes whatever a concurrent migrator committed before releasing it.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .await?;
-        tx.batch_execute(CREATE_SCHEMA_MIGRATIONS).await?;
-        let rows = tx
-            .query(
-                "SELECT version, checksum FROM schema_migrations ORDER BY version",
-                &[],
-            )
-            .await?;
-        let mut applied = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let version: i64 = row.try_get(0)?;
-            let checksum: Vec<u8> = row.try_get(1)?;
-            applied.push((version, checksum));
+        match apply_next(&tx, &mut report).await {
+            Ok(applied) => {
+                tx.commit().await.map_err(|err| match applied {
+                    Some(migration) => MigrateError::Failed {
+                        version: migration.version,
+                        name: migration.name,
+                        error: err.into(),
+                    },
+                    None => err.into(),
+                })?;
+                let Some(migration) = applied else {
+                    return Ok(report);
+                };
+                report.applied.push(AppliedMigration {
+                    version: migration.version,
+                    name: migration.name.to_owned(),
+                });
+            }
+            Err(err) => {
+                // Roll back now rather than on drop: dropping only queues the ROLLBACK,
+                // and until it runs the advisory lock blocks every other migrator.
+                // Its own failure adds nothing to `err`.
+                let _ = tx.rollback().await;
+                return Err(err);
+            }
         }
-        let pending = check_applied(&applied, &mut report)?;
-        report.current_version = applied.last().map(|(version, _)| *version);
-        let Some(migration) = pending else {
-            tx.commit().await?;
-            return Ok(report);
-        };
-        let failed = |error: DbError| MigrateError::Failed {
-            version: migration.version,
-            name: migration.name,
-            error,
-        };
-        tx.batch_execute(migration.sql)
-            .await
-            .map_err(|err| failed(err.into()))?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[&migration.version, &migration.name, &migration.checksum()],
+    }
+}
+
+/// In `tx`: takes the lock, verifies what is recorded, and applies the first pending
+/// migration (returned), or returns `None` when there is none. Does not commit.
+async fn apply_next(
+    tx: &tokio_postgres::Transaction<'_>,
+    report: &mut MigrationReport,
+) -> Result<Option<&'static Migration>, MigrateError> {
+    // Under the lock, READ COMMITTED gives every following statement a snapshot that
+    // includes whatever a concurrent migrator committed before releasing it.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    tx.batch_execute(CREATE_SCHEMA_MIGRATIONS).await?;
+    let rows = tx
+        .query(
+            "SELECT version, checksum FROM schema_migrations ORDER BY version",
+            &[],
         )
         .await?;
-        tx.commit().await.map_err(|err| failed(err.into()))?;
-        report.applied.push(AppliedMigration {
-            version: migration.version,
-            name: migration.name.to_owned(),
-        });
-        report.current_version = Some(migration.version);
+    let mut applied = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let version: i64 = row.try_get(0)?;
+        let checksum: Vec<u8> = row.try_get(1)?;
+        applied.push((version, checksum));
     }
+    let pending = check_applied(&applied, report)?;
+    report.current_version = applied.last().map(|(version, _)| *version);
+    let Some(migration) = pending else {
+        return Ok(None);
+    };
+    tx.batch_execute(migration.sql)
+        .await
+        .map_err(|err| MigrateError::Failed {
+            version: migration.version,
+            name: migration.name,
+            error: err.into(),
+        })?;
+    tx.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        &[&migration.version, &migration.name, &migration.checksum()],
+    )
+    .await?;
+    report.current_version = Some(migration.version);
+    Ok(Some(migration))
 }
 
 /// Verifies the recorded migrations against the embedded ones and returns the first
