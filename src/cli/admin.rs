@@ -60,7 +60,11 @@ pub struct OrgSettingsSetArgs {
     /// or a number of days (1 or more).
     // Hyphen values allowed so that `-1` reaches validation and gets its clear error
     // instead of being read as an option.
-    #[arg(long, value_name = "inherit|indefinite|DAYS", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "inherit|indefinite|DAYS",
+        allow_hyphen_values = true
+    )]
     pub audit_retention: String,
 }
 
@@ -231,7 +235,10 @@ pub async fn user(settings: Settings, cmd: &UserCommand) -> anyhow::Result<i32> 
             } else {
                 format!("roles: {}", join(user.roles.iter().cloned()))
             };
-            println!("Added {} to {} ({}) with {roles}.", user.email, args.org, user.id);
+            println!(
+                "Added {} to {} ({}) with {roles}.",
+                user.email, args.org, user.id
+            );
         }
     }
     Ok(0)
@@ -281,9 +288,10 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<i32
             // The token alone on stdout (the only place it ever appears); everything
             // else on stderr.
             println!("{}", token.token.expose());
-            let expiry = token
-                .expires_at
-                .map_or_else(|| "never expires".to_owned(), |at| format!("expires {}", at.to_rfc3339()));
+            let expiry = token.expires_at.map_or_else(
+                || "never expires".to_owned(),
+                |at| format!("expires {}", at.to_rfc3339()),
+            );
             eprintln!(
                 "Created API token {} for {} in {} ({expiry}). It is shown only once; only its SHA-256 is stored.",
                 token.id, args.email, args.org
@@ -298,7 +306,9 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<i32
                 })?;
             let pool = crate::db::pool(&settings.database).await?;
             match admin::revoke_token(&pool, id).await? {
-                Revocation::Revoked(at) => println!("Revoked API token {id} at {}.", at.to_rfc3339()),
+                Revocation::Revoked(at) => {
+                    println!("Revoked API token {id} at {}.", at.to_rfc3339())
+                }
                 Revocation::AlreadyRevoked(at) => println!(
                     "API token {id} was already revoked at {}; nothing changed.",
                     at.to_rfc3339()

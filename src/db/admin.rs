@@ -115,7 +115,9 @@ pub enum AdminError {
         value: String,
     },
     /// Not a UUID.
-    #[error("invalid token id {value:?}: expected a UUID such as 7d9f4c2e-3b1a-4f7e-9c5d-2a8b6e0f1d34")]
+    #[error(
+        "invalid token id {value:?}: expected a UUID such as 7d9f4c2e-3b1a-4f7e-9c5d-2a8b6e0f1d34"
+    )]
     InvalidTokenId {
         /// The rejected value.
         value: String,
@@ -251,9 +253,7 @@ impl FromStr for Email {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let valid = value.len() <= 254
-            && !value
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
+            && !value.chars().any(|c| c.is_whitespace() || c.is_control())
             && matches!(value.rsplit_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
         if valid {
             Ok(Email(value.to_owned()))
@@ -654,9 +654,7 @@ pub async fn set_audit_retention(
     // value the change really replaced.
     let row = tx
         .query_opt(
-            &format!(
-                "SELECT {ORGANIZATION_COLUMNS} FROM organizations WHERE slug = $1 FOR UPDATE"
-            ),
+            &format!("SELECT {ORGANIZATION_COLUMNS} FROM organizations WHERE slug = $1 FOR UPDATE"),
             &[&slug],
         )
         .await?
@@ -900,14 +898,12 @@ pub async fn revoke_token(pool: &Pool, id: Uuid) -> Result<Revocation, AdminErro
         .await?
         .ok_or(AdminError::UnknownToken { id })?
         .try_get(0)?;
-    revoked_at
-        .map(Revocation::AlreadyRevoked)
-        .ok_or_else(|| {
-            DbError::Data {
-                reason: format!("API token {id} was neither live nor revoked"),
-            }
-            .into()
-        })
+    revoked_at.map(Revocation::AlreadyRevoked).ok_or_else(|| {
+        DbError::Data {
+            reason: format!("API token {id} was neither live nor revoked"),
+        }
+        .into()
+    })
 }
 
 /// Finds the live token (not revoked, not expired by the database's clock) whose
@@ -1020,19 +1016,39 @@ mod tests {
 
     #[test]
     fn retention_values_parse_strictly() {
-        assert_eq!("inherit".parse::<AuditRetention>().ok(), Some(AuditRetention::Inherit));
+        assert_eq!(
+            "inherit".parse::<AuditRetention>().ok(),
+            Some(AuditRetention::Inherit)
+        );
         assert_eq!(
             "indefinite".parse::<AuditRetention>().ok(),
             Some(AuditRetention::Indefinite)
         );
-        assert_eq!("1".parse::<AuditRetention>().ok(), Some(AuditRetention::Days(1)));
+        assert_eq!(
+            "1".parse::<AuditRetention>().ok(),
+            Some(AuditRetention::Days(1))
+        );
         assert_eq!(
             "36500".parse::<AuditRetention>().ok(),
             Some(AuditRetention::Days(36_500))
         );
-        for bad in ["0", "-1", "+5", "abc", "", "1.5", "36501", "99999999999", " 7", "Inherit"] {
+        for bad in [
+            "0",
+            "-1",
+            "+5",
+            "abc",
+            "",
+            "1.5",
+            "36501",
+            "99999999999",
+            " 7",
+            "Inherit",
+        ] {
             let err = bad.parse::<AuditRetention>().expect_err(bad);
-            assert!(matches!(err, AdminError::InvalidRetention { .. }), "{bad:?}");
+            assert!(
+                matches!(err, AdminError::InvalidRetention { .. }),
+                "{bad:?}"
+            );
             assert!(err.to_string().contains("inherit, indefinite"), "{err}");
         }
     }
@@ -1046,7 +1062,10 @@ mod tests {
         ] {
             let (mode, days) = value.to_columns();
             assert_eq!(AuditRetention::from_columns(mode, days), Some(value));
-            assert_eq!(value.to_string().parse::<AuditRetention>().ok(), Some(value));
+            assert_eq!(
+                value.to_string().parse::<AuditRetention>().ok(),
+                Some(value)
+            );
         }
         assert_eq!(AuditRetention::from_columns("days", None), None);
         assert_eq!(AuditRetention::from_columns("days", Some(0)), None);
@@ -1062,13 +1081,36 @@ mod tests {
 
     #[test]
     fn expires_in_accepts_whole_units_only() {
-        assert_eq!(parse_expires_in("30d").ok(), Some(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_expires_in("12h").ok(), Some(Duration::from_secs(12 * 3_600)));
-        assert_eq!(parse_expires_in("2w").ok(), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(
+            parse_expires_in("30d").ok(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            parse_expires_in("12h").ok(),
+            Some(Duration::from_secs(12 * 3_600))
+        );
+        assert_eq!(
+            parse_expires_in("2w").ok(),
+            Some(Duration::from_secs(14 * 86_400))
+        );
         assert_eq!(parse_expires_in("90s").ok(), Some(Duration::from_secs(90)));
-        for bad in ["", "30", "d", "0d", "-1d", "1.5d", "30x", "30 d", "36501d", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "0d",
+            "-1d",
+            "1.5d",
+            "30x",
+            "30 d",
+            "36501d",
+            "99999999999999999999d",
+        ] {
             assert!(
-                matches!(parse_expires_in(bad), Err(AdminError::InvalidDuration { .. })),
+                matches!(
+                    parse_expires_in(bad),
+                    Err(AdminError::InvalidDuration { .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -1079,7 +1121,14 @@ mod tests {
         for ok in ["ops@example.com", "Ops.Team+audit@sub.example.org"] {
             assert!(ok.parse::<Email>().is_ok(), "{ok}");
         }
-        for bad in ["", "ops", "@example.com", "ops@", "o ps@example.com", "a@b@c"] {
+        for bad in [
+            "",
+            "ops",
+            "@example.com",
+            "ops@",
+            "o ps@example.com",
+            "a@b@c",
+        ] {
             assert!(bad.parse::<Email>().is_err(), "{bad:?}");
         }
     }
@@ -1088,7 +1137,14 @@ mod tests {
     fn role_names_are_trimmed_and_bounded() {
         assert!("auditors".parse::<RoleName>().is_ok());
         assert!("Security Auditors".parse::<RoleName>().is_ok());
-        for bad in ["", " ", " auditors", "auditors ", "a\u{7}b", &"r".repeat(64)] {
+        for bad in [
+            "",
+            " ",
+            " auditors",
+            "auditors ",
+            "a\u{7}b",
+            &"r".repeat(64),
+        ] {
             assert!(bad.parse::<RoleName>().is_err(), "{bad:?}");
         }
     }

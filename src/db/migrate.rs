@@ -294,7 +294,10 @@ mod tests {
         let first = &MIGRATIONS[0];
         let applied = vec![(first.version, first.checksum()), (9999, vec![0; 32])];
         let pending = check_applied(&applied, &mut report).expect("checksums match");
-        assert_eq!(pending.map(|m| m.version), MIGRATIONS.get(1).map(|m| m.version));
+        assert_eq!(
+            pending.map(|m| m.version),
+            MIGRATIONS.get(1).map(|m| m.version)
+        );
         assert_eq!(report.unknown_versions, vec![9999]);
     }
 
@@ -303,6 +306,9 @@ mod tests {
         let mut report = MigrationReport::default();
         let applied = vec![(MIGRATIONS[0].version, vec![0; 32])];
         let err = check_applied(&applied, &mut report).expect_err("checksum differs");
-        assert!(matches!(err, MigrateError::ChecksumMismatch { version: 1, .. }));
+        assert!(matches!(
+            err,
+            MigrateError::ChecksumMismatch { version: 1, .. }
+        ));
     }
 }

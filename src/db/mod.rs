@@ -273,10 +273,7 @@ mod tests {
         ] {
             let err = pg_config(&settings(url)).expect_err(url);
             let text = err.to_string();
-            assert!(
-                matches!(err, DbError::InvalidUrl { .. }),
-                "{url}: {text}"
-            );
+            assert!(matches!(err, DbError::InvalidUrl { .. }), "{url}: {text}");
             assert!(!text.contains("hunter2"), "{url}: {text}");
         }
     }
@@ -287,7 +284,10 @@ mod tests {
             "postgres://auditd:hunter2@db.example/compartment?sslmode=require",
         ))
         .expect_err("TLS is not supported");
-        assert!(matches!(err, DbError::TlsUnsupported { sslmode: "require" }));
+        assert!(matches!(
+            err,
+            DbError::TlsUnsupported { sslmode: "require" }
+        ));
         assert!(err.to_string().contains("sslmode=disable"));
         pg_config(&settings("postgres://db.example/x?sslmode=disable")).expect("disable is fine");
         pg_config(&settings("postgres://db.example/x?sslmode=prefer")).expect("prefer is fine");

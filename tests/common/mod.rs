@@ -271,9 +271,7 @@ impl TestDb {
             .unwrap_or_else(|err| panic!("cannot connect the listener: {err}"));
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(message) =
-                std::future::poll_fn(|cx| connection.poll_message(cx)).await
-            {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 match message {
                     Ok(AsyncMessage::Notification(notification)) => {
                         if sender.send(notification).is_err() {
@@ -422,7 +420,10 @@ impl NewEvent {
 }
 
 /// Inserts `event` on `client` (a client or a transaction); returns its id.
-pub async fn insert_event_with<C: tokio_postgres::GenericClient>(client: &C, event: &NewEvent) -> i64 {
+pub async fn insert_event_with<C: tokio_postgres::GenericClient>(
+    client: &C,
+    event: &NewEvent,
+) -> i64 {
     let row = match event.occurred_at {
         Some(occurred_at) => {
             client
@@ -508,7 +509,10 @@ impl Drop for DropDatabase {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(err)) => eprintln!("warning: could not drop test database {}: {err}", self.name),
-            Err(_) => eprintln!("warning: the thread dropping test database {} panicked", self.name),
+            Err(_) => eprintln!(
+                "warning: the thread dropping test database {} panicked",
+                self.name
+            ),
         }
     }
 }
