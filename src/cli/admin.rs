@@ -131,7 +131,8 @@ pub struct TokenCreateArgs {
     /// A label to recognise the token by.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Lifetime, e.g. `30d`, `12h`, `2w` (units s, m, h, d, w). Default: no expiry.
+    /// Lifetime, e.g. `30d`, `12h`, `1h30m` (units s, m, h, d, w; at most 36500d).
+    /// Default: no expiry.
     #[arg(long, value_name = "DURATION")]
     pub expires_in: Option<String>,
 }

@@ -108,7 +108,7 @@ pub enum AdminError {
     },
     /// Not a positive duration like `30d`.
     #[error(
-        "invalid duration {value:?}: use a positive whole number with a unit s, m, h, d or w (e.g. 30d, 12h), at most 36500d"
+        "invalid duration {value:?}: use a number with a unit s, m, h, d or w (e.g. 30d, 12h, 1h30m), from 1s to 36500d"
     )]
     InvalidDuration {
         /// The rejected value.
@@ -254,7 +254,7 @@ impl FromStr for Email {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let valid = value.len() <= 254
             && !value.chars().any(|c| c.is_whitespace() || c.is_control())
-            && matches!(value.rsplit_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+            && matches!(value.split_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
         if valid {
             Ok(Email(value.to_owned()))
         } else {
@@ -331,30 +331,24 @@ pub fn validate_permissions<S: AsRef<str>>(permissions: &[S]) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// Parses a token lifetime such as `30d`: a positive whole number and one unit out of
-/// `s`, `m`, `h`, `d` (24 h) and `w` (7 d).
+/// Parses a token lifetime such as `30d`, `12h` or `1h30m`: the settings' duration
+/// syntax ([`crate::config::units::parse_duration`]), whole seconds, from 1 s up to
+/// [`MAX_TOKEN_LIFETIME`]. Unlike in the settings a bare number is refused:
+/// `--expires-in 30` more likely means days than seconds.
 pub fn parse_expires_in(value: &str) -> Result<Duration, AdminError> {
     let invalid = || AdminError::InvalidDuration {
         value: value.to_owned(),
     };
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(invalid()),
-    };
-    let secs = number
-        .checked_mul(unit_secs)
-        .filter(|secs| *secs > 0 && *secs <= MAX_TOKEN_LIFETIME.as_secs())
-        .ok_or_else(invalid)?;
-    Ok(Duration::from_secs(secs))
+    if value.trim().bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let lifetime = crate::config::units::parse_duration(value).map_err(|_| invalid())?;
+    // The expiry is computed in the database from whole seconds.
+    let lifetime = Duration::from_secs(lifetime.as_secs());
+    if lifetime.is_zero() || lifetime > MAX_TOKEN_LIFETIME {
+        return Err(invalid());
+    }
+    Ok(lifetime)
 }
 
 /// An organization's audit retention setting (SPEC §8).
@@ -1080,7 +1074,7 @@ mod tests {
     }
 
     #[test]
-    fn expires_in_accepts_whole_units_only() {
+    fn expires_in_needs_a_unit_and_stays_in_range() {
         assert_eq!(
             parse_expires_in("30d").ok(),
             Some(Duration::from_secs(30 * 86_400))
@@ -1093,16 +1087,24 @@ mod tests {
             parse_expires_in("2w").ok(),
             Some(Duration::from_secs(14 * 86_400))
         );
-        assert_eq!(parse_expires_in("90s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_expires_in("1h30m").ok(),
+            Some(Duration::from_secs(5_400))
+        );
+        assert_eq!(
+            parse_expires_in("1500ms").ok(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(parse_expires_in("36500d").ok(), Some(MAX_TOKEN_LIFETIME));
         for bad in [
             "",
             "30",
             "d",
             "0d",
+            "500ms",
             "-1d",
             "1.5d",
             "30x",
-            "30 d",
             "36501d",
             "99999999999999999999d",
         ] {

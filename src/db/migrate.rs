@@ -177,6 +177,10 @@ async fn apply_next(
     // includes whatever a concurrent migrator committed before releasing it.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
+    // "already exists, skipping" and similar notices would reach the log as noise on
+    // every run; warnings still come through.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.batch_execute(CREATE_SCHEMA_MIGRATIONS).await?;
     let rows = tx
         .query(
