@@ -147,15 +147,18 @@ fn describe(err: &tokio_postgres::Error) -> String {
 /// Used by [`pool`] and by anything that needs a dedicated connection (the mirror's
 /// listener), so all connections behave the same.
 pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
-    // The parse error names the offending option only, never the value, so it is
-    // safe to show.
     let mut config: tokio_postgres::Config =
         settings
             .url
             .expose()
             .parse()
-            .map_err(|err: tokio_postgres::Error| DbError::InvalidUrl {
-                reason: describe(&err),
+            .map_err(|err: tokio_postgres::Error| {
+                // The key=value parser quotes the character it stumbled on ("expected
+                // `=` but got `x`"), which may belong to the password: cut it off.
+                // Everything else it says names options, never values.
+                let text = describe(&err);
+                let reason = text.split(" but got").next().unwrap_or_default().to_owned();
+                DbError::InvalidUrl { reason }
             })?;
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         return Err(DbError::InvalidUrl {
@@ -270,11 +273,13 @@ mod tests {
             "postgres://auditd:hunter2@db.example:notaport/compartment",
             "postgres://auditd:hunter2@db.example/compartment?bogus_option=hunter2",
             "postgres://auditd:hunter2@/compartment",
+            "host=db.example password=hunter2 user h",
         ] {
             let err = pg_config(&settings(url)).expect_err(url);
             let text = err.to_string();
             assert!(matches!(err, DbError::InvalidUrl { .. }), "{url}: {text}");
             assert!(!text.contains("hunter2"), "{url}: {text}");
+            assert!(!text.contains("but got"), "{url}: {text}");
         }
     }
 
