@@ -60,7 +60,7 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, StartError> {
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
     telemetry::init();
     let health = Arc::new(Health::new());
-    let pool = db::pool(&settings.database)?;
+    let pool = db::pool(&settings.database).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     health.register(CHECK_DATABASE, "not checked yet");

@@ -73,32 +73,32 @@ pub async fn read_batch(
             &[&after.tx.to_string(), &after.id, &limit],
         )
         .await
-        .map_err(DbError::query("reading audit events"))?;
+        ?;
     let mut batch = Batch {
         events: Vec::with_capacity(rows.len()),
         positions: Vec::with_capacity(rows.len()),
     };
     for row in rows {
-        let id: i64 = row.try_get(0).map_err(DbError::query("decoding id"))?;
-        let tx: String = row.try_get(1).map_err(DbError::query("decoding tx"))?;
+        let id: i64 = row.try_get(0)?;
+        let tx: String = row.try_get(1)?;
         batch.positions.push(Position {
             tx: parse_xid8(&tx)?,
             id,
         });
         batch.events.push(AuditEvent {
             id,
-            occurred_at: row.try_get(2).map_err(DbError::query("decoding occurred_at"))?,
-            organization_id: row.try_get(3).map_err(DbError::query("decoding organization_id"))?,
-            organization: row.try_get(4).map_err(DbError::query("decoding organization"))?,
-            event_type: row.try_get(5).map_err(DbError::query("decoding event_type"))?,
-            actor_type: row.try_get(6).map_err(DbError::query("decoding actor_type"))?,
-            actor_id: row.try_get(7).map_err(DbError::query("decoding actor_id"))?,
-            actor_email: row.try_get(8).map_err(DbError::query("decoding actor_email"))?,
-            target_type: row.try_get(9).map_err(DbError::query("decoding target_type"))?,
-            target_id: row.try_get(10).map_err(DbError::query("decoding target_id"))?,
-            project_id: row.try_get(11).map_err(DbError::query("decoding project_id"))?,
-            status: row.try_get(12).map_err(DbError::query("decoding status"))?,
-            metadata: row.try_get(13).map_err(DbError::query("decoding metadata"))?,
+            occurred_at: row.try_get(2)?,
+            organization_id: row.try_get(3)?,
+            organization: row.try_get(4)?,
+            event_type: row.try_get(5)?,
+            actor_type: row.try_get(6)?,
+            actor_id: row.try_get(7)?,
+            actor_email: row.try_get(8)?,
+            target_type: row.try_get(9)?,
+            target_id: row.try_get(10)?,
+            project_id: row.try_get(11)?,
+            status: row.try_get(12)?,
+            metadata: row.try_get(13)?,
         });
     }
     Ok(batch)
@@ -120,8 +120,8 @@ pub async fn horizon_wait(
             &[&after.tx.to_string(), &after.id],
         )
         .await
-        .map_err(DbError::query("checking rows behind the horizon"))?;
-    let seconds: Option<f64> = row.try_get(0).map_err(DbError::query("decoding wait"))?;
+        ?;
+    let seconds: Option<f64> = row.try_get(0)?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
@@ -131,8 +131,8 @@ pub async fn current_horizon(client: &impl GenericClient) -> Result<Position, Db
     let row = client
         .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
         .await
-        .map_err(DbError::query("reading the visibility horizon"))?;
-    let xmin: String = row.try_get(0).map_err(DbError::query("decoding horizon"))?;
+        ?;
+    let xmin: String = row.try_get(0)?;
     // Rows of transaction `xmin` itself may still come: start just before it.
     Ok(Position {
         tx: parse_xid8(&xmin)?.saturating_sub(1),
@@ -148,11 +148,11 @@ pub async fn position_of(
     let row = client
         .query_opt("SELECT tx::text FROM audit_events WHERE id = $1", &[&id])
         .await
-        .map_err(DbError::query("looking up an event's position"))?;
+        ?;
     match row {
         None => Ok(None),
         Some(row) => {
-            let tx: String = row.try_get(0).map_err(DbError::query("decoding tx"))?;
+            let tx: String = row.try_get(0)?;
             Ok(Some(Position {
                 tx: parse_xid8(&tx)?,
                 id,
@@ -167,8 +167,8 @@ pub async fn system_identifier(client: &impl GenericClient) -> Result<String, Db
     let row = client
         .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
         .await
-        .map_err(DbError::query("reading the cluster's system identifier"))?;
-    row.try_get(0).map_err(DbError::query("decoding system identifier"))
+        ?;
+    row.try_get(0)?
 }
 
 /// A sink's position as published in the database, for retention.
@@ -199,7 +199,7 @@ pub async fn publish_position(
             &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id],
         )
         .await
-        .map_err(DbError::query("publishing the sink position"))?;
+        ?;
     Ok(())
 }
 
@@ -214,11 +214,11 @@ pub async fn published_position(
             &[&sink_id],
         )
         .await
-        .map_err(DbError::query("reading the published sink position"))?;
+        ?;
     let Some(row) = row else { return Ok(None) };
-    let system_identifier: String = row.try_get(0).map_err(DbError::query("decoding position"))?;
-    let tx: String = row.try_get(1).map_err(DbError::query("decoding position"))?;
-    let id: i64 = row.try_get(2).map_err(DbError::query("decoding position"))?;
+    let system_identifier: String = row.try_get(0)?;
+    let tx: String = row.try_get(1)?;
+    let id: i64 = row.try_get(2)?;
     Ok(Some(PublishedPosition {
         system_identifier,
         position: Position {
@@ -230,7 +230,9 @@ pub async fn published_position(
 
 fn parse_xid8(text: &str) -> Result<u64, DbError> {
     text.parse()
-        .map_err(|_| DbError::Unexpected(format!("not an xid8: {text:?}")))
+        .map_err(|_| DbError::Data {
+            reason: format!("not an xid8: {text:?}"),
+        })
 }
 
 /// Sets a sink's published position unconditionally (re-baseline only).
@@ -250,6 +252,6 @@ pub async fn reset_position(
             &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id],
         )
         .await
-        .map_err(DbError::query("resetting the sink position"))?;
+        ?;
     Ok(())
 }

@@ -1,30 +1,317 @@
 //! Everything that speaks SQL: pool, migrations, listener (doorbell), cursor reads,
 //! filtered queries, administration. Never files.
+//!
+//! - [`pool`] builds the shared `deadpool` pool every component borrows connections
+//!   from; [`pg_config`] is the one place that turns [`DatabaseSettings`] into a
+//!   connection configuration, so the mirror's dedicated `LISTEN` connection (which
+//!   must not come from the pool) connects exactly like the pool does.
+//! - [`migrate`] applies the reference schema's versioned migrations.
+//! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
+//!   `token`, plus the token lookup and permission check used by the `/v1` API.
+//!
+//! Connections are plain TCP or Unix sockets: TLS to PostgreSQL is not supported yet,
+//! and a URL that requires it (`sslmode=require`) is refused by [`pg_config`] with a
+//! clear error rather than failing later during the handshake.
 
+pub mod admin;
 pub mod backoff;
 pub mod cursor;
 pub mod listener;
+pub mod migrate;
 
-/// Placeholder until the db branch lands.
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+
+/// `application_name` reported to PostgreSQL (visible in `pg_stat_activity`) unless
+/// the connection string sets its own.
+pub const APPLICATION_NAME: &str = "compartment-auditd";
+
+/// Unanswered keepalive probes before the kernel declares the peer dead.
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Time between unanswered keepalive probes, derived from the configured idle time so
+/// that one setting tunes dead-peer detection: a third of the idle time, at least 1 s.
+pub fn keepalive_interval(settings: &DatabaseSettings) -> Duration {
+    (settings.keepalive_idle / 3).max(Duration::from_secs(1))
+}
+
+/// How long sent data may stay unacknowledged before the kernel drops the connection
+/// (`TCP_USER_TIMEOUT`). Without it a write to a silently vanished server is retried
+/// for ~15 minutes regardless of keepalives; matching it to the keepalive budget
+/// (idle + interval × retries) makes both paths give up at the same time.
+pub fn tcp_user_timeout(settings: &DatabaseSettings) -> Duration {
+    settings.keepalive_idle + keepalive_interval(settings) * KEEPALIVE_RETRIES
+}
+
+/// A database failure. The texts never contain the connection string or the password,
+/// and server messages are reduced to severity, message and SQLSTATE: the `DETAIL`
+/// part can quote row values (audit metadata) and is deliberately left out.
+///
+/// Each text is complete on its own (it includes the cause), so callers can log it
+/// with `%err` without walking a `source()` chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// A query failed.
-    #[error("{context}: {source}")]
-    Query {
-        /// What was being done.
-        context: &'static str,
-        /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+    /// The connection string cannot be parsed or is incomplete.
+    #[error("the database URL is not valid: {reason}")]
+    InvalidUrl {
+        /// What is wrong, without the URL itself (it may contain the password).
+        reason: String,
     },
-    /// The database answered something unexpected.
-    #[error("unexpected answer from the database: {0}")]
-    Unexpected(String),
+    /// The connection string asks for TLS, which is not supported yet.
+    #[error(
+        "the database URL requires TLS (sslmode={sslmode}), which compartment-auditd does not support yet; use sslmode=disable or sslmode=prefer"
+    )]
+    TlsUnsupported {
+        /// The requested `sslmode`.
+        sslmode: &'static str,
+    },
+    /// No connection could be established.
+    #[error("cannot connect to the database: {}", describe(.0))]
+    Connect(tokio_postgres::Error),
+    /// The pool could not hand out a connection (timeout, closed pool).
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    /// A statement failed.
+    #[error("database query failed: {}", describe(.0))]
+    Query(tokio_postgres::Error),
+    /// The database holds a value the schema's constraints should have prevented.
+    #[error("unexpected data in the database: {reason}")]
+    Data {
+        /// What is wrong (no row values beyond identifiers).
+        reason: String,
+    },
 }
 
 impl DbError {
-    /// Wraps a driver error with what was being done.
-    pub fn query(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
-        move |source| DbError::Query { context, source }
+    /// The SQLSTATE of a failed statement, if the server reported one.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Connect(err) | DbError::Query(err) => err.code(),
+            _ => None,
+        }
+    }
+
+    /// The constraint a failed statement violated, if the server named one.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            DbError::Connect(err) | DbError::Query(err) => {
+                err.as_db_error().and_then(|db| db.constraint())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        DbError::Query(err)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => DbError::Connect(err),
+            other => DbError::Pool(other.to_string()),
+        }
+    }
+}
+
+/// One line for a `tokio_postgres::Error`: the server's severity, message and SQLSTATE
+/// for database errors, otherwise the error and its causes (I/O errors, timeouts).
+fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Parses the configured URL and applies the connection settings: `application_name`
+/// (unless the URL sets one), connect timeout, TCP keepalives and `TCP_USER_TIMEOUT`.
+///
+/// Used by [`pool`] and by anything that needs a dedicated connection (the mirror's
+/// listener), so all connections behave the same.
+pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config =
+        settings
+            .url
+            .expose()
+            .parse()
+            .map_err(|err: tokio_postgres::Error| {
+                // The key=value parser quotes the character it stumbled on ("expected
+                // `=` but got `x`"), which may belong to the password: cut it off.
+                // Everything else it says names options, never values.
+                let text = describe(&err);
+                let reason = text.split(" but got").next().unwrap_or_default().to_owned();
+                DbError::InvalidUrl { reason }
+            })?;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        return Err(DbError::InvalidUrl {
+            reason: "no host given (e.g. postgres://user@db.example:5432/compartment)".into(),
+        });
+    }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|host| matches!(host, Host::Tcp(name) if name.is_empty()))
+    {
+        return Err(DbError::InvalidUrl {
+            reason: "empty host name".into(),
+        });
+    }
+    match config.get_ssl_mode() {
+        SslMode::Disable | SslMode::Prefer => {}
+        SslMode::Require => return Err(DbError::TlsUnsupported { sslmode: "require" }),
+        // `SslMode` is non-exhaustive; anything newer than `require` is at least as strict.
+        _ => return Err(DbError::TlsUnsupported { sslmode: "verify" }),
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(APPLICATION_NAME);
+    }
+    config
+        .connect_timeout(settings.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(settings.keepalive_idle)
+        .keepalives_interval(keepalive_interval(settings))
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(tcp_user_timeout(settings));
+    Ok(config)
+}
+
+/// Builds the shared connection pool (`pool_size` connections at most).
+///
+/// It does not connect: connections are made on first use and replaced when they
+/// break, so the daemon can start while the database is down and become ready when
+/// it comes back. Waiting for a free connection, making a new one and checking a
+/// returned one are each bounded by `connect_timeout`, so a saturated pool or an
+/// unreachable server surfaces as an error instead of a hang.
+pub async fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        pg_config(settings)?,
+        NoTls,
+        ManagerConfig {
+            // `Fast` trusts a connection whose task is still alive; keepalives and the
+            // user timeout close half-open ones, which `Fast` then notices.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(settings.connect_timeout))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.connect_timeout))
+        .build()
+        .map_err(|err| DbError::Pool(err.to_string()))
+}
+
+/// One round trip on a pooled connection: is the database reachable right now?
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn settings(url: &str) -> DatabaseSettings {
+        Settings::with_defaults(url).database
+    }
+
+    #[test]
+    fn pg_config_applies_connection_settings() {
+        let db = settings("postgres://auditd:hunter2@db.example:6543/compartment");
+        let config = pg_config(&db).expect("valid URL");
+        assert_eq!(config.get_application_name(), Some(APPLICATION_NAME));
+        assert_eq!(config.get_connect_timeout(), Some(&db.connect_timeout));
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(
+            config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(60))
+        );
+        assert_eq!(config.get_ports(), &[6543]);
+        assert_eq!(config.get_dbname(), Some("compartment"));
+    }
+
+    #[test]
+    fn pg_config_keeps_an_explicit_application_name() {
+        let config = pg_config(&settings(
+            "postgres://auditd@db.example/compartment?application_name=auditd-eu",
+        ))
+        .expect("valid URL");
+        assert_eq!(config.get_application_name(), Some("auditd-eu"));
+    }
+
+    #[test]
+    fn keepalive_interval_never_drops_below_one_second() {
+        let mut db = settings("postgres://db.example/x");
+        db.keepalive_idle = Duration::from_secs(1);
+        assert_eq!(keepalive_interval(&db), Duration::from_secs(1));
+        assert_eq!(tcp_user_timeout(&db), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn invalid_urls_are_reported_without_the_password() {
+        for url in [
+            "postgres://auditd:hunter2@db.example:notaport/compartment",
+            "postgres://auditd:hunter2@db.example/compartment?bogus_option=hunter2",
+            "postgres://auditd:hunter2@/compartment",
+            "host=db.example password=hunter2 user h",
+        ] {
+            let err = pg_config(&settings(url)).expect_err(url);
+            let text = err.to_string();
+            assert!(matches!(err, DbError::InvalidUrl { .. }), "{url}: {text}");
+            assert!(!text.contains("hunter2"), "{url}: {text}");
+            assert!(!text.contains("but got"), "{url}: {text}");
+        }
+    }
+
+    #[test]
+    fn tls_requirements_are_refused_clearly() {
+        let err = pg_config(&settings(
+            "postgres://auditd:hunter2@db.example/compartment?sslmode=require",
+        ))
+        .expect_err("TLS is not supported");
+        assert!(matches!(
+            err,
+            DbError::TlsUnsupported { sslmode: "require" }
+        ));
+        assert!(err.to_string().contains("sslmode=disable"));
+        pg_config(&settings("postgres://db.example/x?sslmode=disable")).expect("disable is fine");
+        pg_config(&settings("postgres://db.example/x?sslmode=prefer")).expect("prefer is fine");
+    }
+
+    #[test]
+    fn unix_socket_urls_are_accepted() {
+        let config = pg_config(&settings("postgresql:///compartment?host=/run/postgresql"))
+            .expect("socket directory is a host");
+        assert_eq!(config.get_dbname(), Some("compartment"));
     }
 }

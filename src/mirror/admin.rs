@@ -12,8 +12,8 @@ use crate::sink::{FileSink, SinkOptions, SystemClock};
 
 /// Prints every sink position published in the database, and the cluster identity.
 pub async fn status(settings: &Settings) -> anyhow::Result<i32> {
-    let pool = db::pool(&settings.database)?;
-    let client = pool.get().await.map_err(|e| anyhow::anyhow!(db::describe_pool_error(&e)))?;
+    let pool = db::pool(&settings.database).await?;
+    let client = pool.get().await.map_err(db::DbError::from)?;
     let system_identifier = cursor::system_identifier(&**client).await?;
     println!("database system identifier: {system_identifier}");
     let rows = client
@@ -60,8 +60,8 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
             "rebaseline discards the sink's position; stop the daemon first, then run it again with --yes"
         );
     }
-    let pool = db::pool(&settings.database)?;
-    let client = pool.get().await.map_err(|e| anyhow::anyhow!(db::describe_pool_error(&e)))?;
+    let pool = db::pool(&settings.database).await?;
+    let client = pool.get().await.map_err(db::DbError::from)?;
     let system_identifier = cursor::system_identifier(&**client).await?;
     let position = match start_from {
         StartFrom::Now => cursor::current_horizon(&**client).await?,

@@ -357,7 +357,7 @@ impl Mirror {
         self.pool
             .get()
             .await
-            .map_err(|e| MirrorError::Pool(crate::db::describe_pool_error(&e)))
+            .map_err(|e| MirrorError::Db(DbError::from(e)))
     }
 
     async fn read(&self, after: Position) -> Result<Batch, MirrorError> {
