@@ -9,6 +9,8 @@ use std::sync::LazyLock;
 
 use prometheus::Registry;
 
+pub mod sink;
+
 /// Prefix of every metric this daemon defines.
 pub const PREFIX: &str = "compartment_audit";
 
