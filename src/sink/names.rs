@@ -130,11 +130,14 @@ pub fn classify(name: &str) -> Option<Owned> {
         _ => {}
     }
     if let Some(inner) = name
-        .strip_prefix('.')
-        .and_then(|n| n.strip_suffix(TMP_SUFFIX))
+        .strip_suffix(TMP_SUFFIX)
+        .filter(|_| name.starts_with('.'))
     {
         let ours = matches!(inner, ACTIVE_META | STATE)
-            || matches!(parse_rotated(inner), Some((_, RotatedForm::Gz)));
+            || matches!(
+                inner.strip_prefix('.').and_then(parse_rotated),
+                Some((_, RotatedForm::Gz))
+            );
         return ours.then_some(Owned::Temp);
     }
     if let Some((key, form)) = parse_rotated(name) {
@@ -146,9 +149,13 @@ pub fn classify(name: &str) -> Option<Owned> {
     None
 }
 
-/// Temp name for an atomically replaced bookkeeping file.
+/// Dot-prefixed temp name for a file written atomically.
 pub fn temp_name(final_name: &str) -> String {
-    format!(".{final_name}{TMP_SUFFIX}")
+    if final_name.starts_with('.') {
+        format!("{final_name}{TMP_SUFFIX}")
+    } else {
+        format!(".{final_name}{TMP_SUFFIX}")
+    }
 }
 
 /// `torn-<stamp>[_NNN].fragment`: deliberately not `audit*`, so no collector glob
@@ -288,5 +295,7 @@ mod tests {
             Some(Owned::Fragment)
         );
         assert_eq!(classify(".audit-state.json.tmp"), Some(Owned::Temp));
+        assert_eq!(temp_name(STATE), ".audit-state.json.tmp");
+        assert_eq!(classify(".audit-active.json.tmp"), Some(Owned::Temp));
     }
 }

@@ -98,14 +98,17 @@ pub fn recover_directory(
         }
     }
 
-    for key in plain.iter().filter(|k| gz.contains(k)) {
+    let both: Vec<RotatedKey> = plain.iter().filter(|k| gz.contains(k)).copied().collect();
+    for key in both {
         // The .gz was fsync'd before its rename, so it should be complete; it is
         // checked anyway, because the plain file is the only other copy.
-        if gz_matches_plain(dir, *key)? {
+        if gz_matches_plain(dir, key)? {
             dir.unlink(&key.plain_name())?;
+            plain.retain(|k| *k != key);
             tracing::info!(file = %key.gz_name(), "Finished an interrupted compression.");
         } else {
             dir.unlink(&key.gz_name())?;
+            gz.retain(|k| *k != key);
             tracing::warn!(file = %key.gz_name(), "Removed a damaged compressed file; its plain file will be compressed again.");
         }
         recovery.compressions_resolved += 1;
@@ -113,7 +116,7 @@ pub fn recover_directory(
     if recovery.temp_files_removed + recovery.compressions_resolved > 0 {
         dir.sync()?;
     }
-    recovery.pending_compressions = plain.iter().filter(|k| !gz.contains(k)).count();
+    recovery.pending_compressions = plain.len();
     Ok(Inventory {
         newest_rotated: plain.iter().chain(gz.iter()).max().copied(),
     })
