@@ -62,10 +62,24 @@ fn everything_created_is_owner_only_even_with_a_permissive_umask() {
     drop(sink);
 
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&parent), 0o700, "missing parents are created owner-only");
+    assert_eq!(
+        mode(&parent),
+        0o700,
+        "missing parents are created owner-only"
+    );
     let created = names(&dir);
-    for kind in ["audit.ndjson", ".audit.lock", ".audit-state.json", ".audit-active.json", ".gz", "torn-"] {
-        assert!(created.iter().any(|n| n.contains(kind)), "no {kind} in {created:?}");
+    for kind in [
+        "audit.ndjson",
+        ".audit.lock",
+        ".audit-state.json",
+        ".audit-active.json",
+        ".gz",
+        "torn-",
+    ] {
+        assert!(
+            created.iter().any(|n| n.contains(kind)),
+            "no {kind} in {created:?}"
+        );
     }
     for name in created {
         assert_eq!(mode(&dir.join(&name)), 0o600, "{name}");
@@ -95,7 +109,11 @@ fn loose_files_of_the_sink_are_made_owner_only_again() {
 
     let (_sink, _) = open(options(&dir), manual_clock());
     assert_eq!(mode(&dir.join("audit.ndjson")), 0o600);
-    assert_eq!(mode(&dir.join("notes.txt")), 0o644, "foreign files are left alone");
+    assert_eq!(
+        mode(&dir.join("notes.txt")),
+        0o644,
+        "foreign files are left alone"
+    );
 }
 
 #[test]
@@ -111,7 +129,11 @@ fn group_bits_are_kept_only_when_allowed() {
     put(&mut sink, &line(1));
     drop(sink);
     assert_eq!(mode(&dir), 0o2770);
-    assert_eq!(mode(&dir.join("audit.ndjson")), 0o600, "new files are still owner-only");
+    assert_eq!(
+        mode(&dir.join("audit.ndjson")),
+        0o600,
+        "new files are still owner-only"
+    );
 
     // A remount adds group bits to the files too; tolerated, other bits are not.
     set_mode(&dir.join("audit.ndjson"), 0o664);
@@ -146,7 +168,10 @@ fn a_world_writable_directory_is_refused() {
         );
         assert!(err.to_string().contains("world-writable"), "{err}");
     }
-    assert!(names(&dir).is_empty(), "nothing may be created in a refused directory");
+    assert!(
+        names(&dir).is_empty(),
+        "nothing may be created in a refused directory"
+    );
     assert_eq!(mode(&dir), 0o777, "a refused directory is not changed");
 }
 
@@ -201,7 +226,10 @@ fn a_symlink_where_the_sink_expects_its_file_is_refused_not_followed() {
         );
         assert!(err.to_string().contains("symlink"), "{err}");
         assert_eq!(fs::read(&target).unwrap(), b"not the sink's\n");
-        assert!(fs::symlink_metadata(dir.join(name)).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(dir.join(name))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     // A dangling symlink is refused too (O_EXCL would not create through it either).
@@ -289,7 +317,11 @@ fn foreign_files_are_left_alone() {
     sink.close().unwrap();
     let (_sink, _) = open(options(&dir), clock);
     for name in foreign {
-        assert_eq!(fs::read_to_string(dir.join(name)).unwrap(), name, "{name} was touched");
+        assert_eq!(
+            fs::read_to_string(dir.join(name)).unwrap(),
+            name,
+            "{name} was touched"
+        );
     }
 }
 

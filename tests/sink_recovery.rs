@@ -41,7 +41,10 @@ fn a_torn_tail_is_cut_off_and_kept_aside_owner_only() {
     let (mut sink, recovery) = open(options(&dir), clock);
     assert_eq!(recovery.torn_bytes, 200);
     let fragment = recovery.fragment.clone().expect("the fragment is kept");
-    assert!(fragment.starts_with("torn-") && fragment.ends_with(".fragment"), "{fragment}");
+    assert!(
+        fragment.starts_with("torn-") && fragment.ends_with(".fragment"),
+        "{fragment}"
+    );
     assert_eq!(fs::read(dir.join(&fragment)).unwrap(), torn);
     assert_eq!(mode(&dir.join(&fragment)), 0o600);
     assert_eq!(recovery.last_line.as_deref().map(id_of), Some(10));
@@ -71,12 +74,20 @@ fn the_last_line_comes_from_the_newest_rotated_file_plain_or_compressed() {
     let plain = directory_with_one_compressed_file(&dir);
     fs::write(dir.join("audit.ndjson"), b"").unwrap();
     let (sink, recovery) = open(options(&dir), manual_clock());
-    assert_eq!(recovery.last_line.as_deref().map(id_of), Some(5), "from the .gz");
+    assert_eq!(
+        recovery.last_line.as_deref().map(id_of),
+        Some(5),
+        "from the .gz"
+    );
     drop(sink);
 
     fs::write(dir.join(plain), batch(6, 9)).unwrap();
     let (_sink, recovery) = open(options(&dir), manual_clock());
-    assert_eq!(recovery.last_line.as_deref().map(id_of), Some(9), "from the plain file");
+    assert_eq!(
+        recovery.last_line.as_deref().map(id_of),
+        Some(9),
+        "from the plain file"
+    );
     assert_eq!(recovery.pending_compressions, 1);
 }
 
@@ -97,7 +108,9 @@ fn a_crash_between_rename_and_compression_recovers_consistently() {
     assert_eq!(recovery.pending_compressions, 1);
     assert_eq!(recovery.last_line.as_deref().map(id_of), Some(10));
     put(&mut sink, &batch(11, 15));
-    wait_until("the pending file is compressed", || plain_rotated(&dir).is_empty());
+    wait_until("the pending file is compressed", || {
+        plain_rotated(&dir).is_empty()
+    });
     assert_eq!(gz_rotated(&dir).len(), 2);
     assert_eq!(ids(&everything(&dir)), (1..=15).collect::<Vec<_>>());
 }
@@ -112,7 +125,11 @@ fn a_crash_in_the_middle_of_compression_recovers_consistently() {
     let half = tmp.path().join("half.gz");
     write_gz(&half, &batch(6, 10));
     let bytes = fs::read(&half).unwrap();
-    fs::write(dir.join(format!(".{plain}.gz.tmp")), &bytes[..bytes.len() / 2]).unwrap();
+    fs::write(
+        dir.join(format!(".{plain}.gz.tmp")),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
     fs::write(dir.join("audit.ndjson"), batch(11, 12)).unwrap();
 
     let clock = manual_clock();
@@ -124,7 +141,9 @@ fn a_crash_in_the_middle_of_compression_recovers_consistently() {
     assert_eq!(recovery.pending_compressions, 1);
     assert_eq!(recovery.last_line.as_deref().map(id_of), Some(12));
     put(&mut sink, &batch(13, 14));
-    wait_until("the interrupted compression is redone", || plain_rotated(&dir).is_empty());
+    wait_until("the interrupted compression is redone", || {
+        plain_rotated(&dir).is_empty()
+    });
     assert!(!names(&dir).iter().any(|n| n.ends_with(".tmp")));
     assert_eq!(ids(&everything(&dir)), (1..=14).collect::<Vec<_>>());
 }
@@ -162,8 +181,13 @@ fn a_damaged_gz_next_to_its_plain_file_is_replaced() {
     opts.compress_delay = Duration::ZERO;
     let (_sink, recovery) = open(opts, clock);
     assert_eq!(recovery.compressions_resolved, 1);
-    assert_eq!(recovery.pending_compressions, 1, "the plain file is compressed again");
-    wait_until("the file is compressed again", || plain_rotated(&dir).is_empty());
+    assert_eq!(
+        recovery.pending_compressions, 1,
+        "the plain file is compressed again"
+    );
+    wait_until("the file is compressed again", || {
+        plain_rotated(&dir).is_empty()
+    });
     assert_eq!(ids(&everything(&dir)), (1..=10).collect::<Vec<_>>());
 }
 
@@ -230,7 +254,12 @@ fn resumes_exactly_once_after_sigkill() {
     let dir = tmp.path().join("sink");
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["resumes_exactly_once_after_sigkill", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "resumes_exactly_once_after_sigkill",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, "1")
             .env("SINK_TEST_DIR", &dir)
             .stdout(Stdio::piped())
@@ -257,7 +286,10 @@ fn resumes_exactly_once_after_sigkill() {
         opts.retention_files = 100_000;
         let (sink, recovery) = open(opts, manual_clock());
         let last = recovery.last_line.as_deref().map(id_of).unwrap();
-        assert!(last >= acked, "acknowledged id {acked} lost, sink ends at {last}");
+        assert!(
+            last >= acked,
+            "acknowledged id {acked} lost, sink ends at {last}"
+        );
         assert_ids(&everything(&dir), 1, last, &format!("after kill {round}"));
         drop(sink);
     }

@@ -125,7 +125,10 @@ fn the_active_files_age_survives_a_restart() {
 
     clock.advance(Duration::from_secs(1200));
     let (mut sink, _) = open(options(&dir), clock.clone());
-    assert!(sink.rotate_if_due().unwrap(), "60 min old across two restarts");
+    assert!(
+        sink.rotate_if_due().unwrap(),
+        "60 min old across two restarts"
+    );
     assert_eq!(ids(&rotated_content(&dir, &rotated(&dir)[0])), [1, 2]);
 }
 
@@ -150,17 +153,26 @@ fn compressed_files_are_valid_gzip_of_exactly_what_was_written_across_many_rotat
             clock.advance(Duration::from_secs(1));
         }
     }
-    wait_until("every rotated file is compressed", || plain_rotated(&dir).is_empty());
+    wait_until("every rotated file is compressed", || {
+        plain_rotated(&dir).is_empty()
+    });
 
     let gz = gz_rotated(&dir);
     assert!(gz.len() > 100, "expected many rotations, got {}", gz.len());
-    assert!(gz.iter().any(|n| n.contains("Z_001.")), "no collision suffix in {gz:?}");
+    assert!(
+        gz.iter().any(|n| n.contains("Z_001.")),
+        "no collision suffix in {gz:?}"
+    );
     let mut previous_last = 0;
     for name in &gz {
         let content = gunzip(&dir.join(name));
         let file_ids = ids(&content);
         assert!(!file_ids.is_empty(), "{name} is empty");
-        assert_eq!(file_ids[0], previous_last + 1, "{name} does not continue the previous file");
+        assert_eq!(
+            file_ids[0],
+            previous_last + 1,
+            "{name} does not continue the previous file"
+        );
         previous_last = *file_ids.last().unwrap();
     }
     assert_eq!(ids(&everything(&dir)), (1..next).collect::<Vec<_>>());
@@ -194,8 +206,15 @@ fn keeps_only_the_newest_compressed_files_and_their_names_sort_in_time_order() {
     });
 
     let gz = gz_rotated(&dir); // sorted by name
-    let kept: Vec<u64> = gz.iter().flat_map(|n| ids(&rotated_content(&dir, n))).collect();
-    assert_eq!(kept, [8, 9, 10], "name order must be write order, newest kept: {gz:?}");
+    let kept: Vec<u64> = gz
+        .iter()
+        .flat_map(|n| ids(&rotated_content(&dir, n)))
+        .collect();
+    assert_eq!(
+        kept,
+        [8, 9, 10],
+        "name order must be write order, newest kept: {gz:?}"
+    );
     sink.close().unwrap();
 }
 
@@ -214,7 +233,10 @@ fn compression_waits_for_the_configured_delay() {
     clock.advance(Duration::from_secs(30));
     put(&mut sink, &line(2));
     sink.rotate_now().unwrap();
-    let second: Vec<String> = plain_rotated(&dir).into_iter().filter(|n| !first.contains(n)).collect();
+    let second: Vec<String> = plain_rotated(&dir)
+        .into_iter()
+        .filter(|n| !first.contains(n))
+        .collect();
     assert_eq!((first.len(), second.len()), (1, 1));
 
     // 70 s after the first rotation, 40 s after the second.
@@ -230,7 +252,9 @@ fn compression_waits_for_the_configured_delay() {
 
     clock.advance(Duration::from_secs(20));
     sink.sync().unwrap();
-    wait_until("the second file is compressed", || plain_rotated(&dir).is_empty());
+    wait_until("the second file is compressed", || {
+        plain_rotated(&dir).is_empty()
+    });
     assert_eq!(ids(&everything(&dir)), [1, 2]);
 }
 
@@ -247,10 +271,16 @@ fn reports_durability_per_fsync_policy() {
     clock.advance(Duration::from_millis(999));
     assert!(!sink.append(&line(2)).unwrap().durable);
     clock.advance(Duration::from_millis(1));
-    assert!(sink.append(&line(3)).unwrap().durable, "the interval has passed");
+    assert!(
+        sink.append(&line(3)).unwrap().durable,
+        "the interval has passed"
+    );
     assert!(!sink.append(&line(4)).unwrap().durable);
     sink.sync().unwrap();
-    assert!(sink.append(b"").unwrap().durable, "sync made everything durable");
+    assert!(
+        sink.append(b"").unwrap().durable,
+        "sync made everything durable"
+    );
     assert!(!sink.append(&line(5)).unwrap().durable);
     sink.rotate_now().unwrap();
     assert!(sink.append(b"").unwrap().durable, "rotation fsyncs");
@@ -263,7 +293,10 @@ fn reports_durability_per_fsync_policy() {
     let mut opts = options(&tmp.path().join("never"));
     opts.fsync = FsyncPolicy::Never;
     let (mut sink, _) = open(opts, clock);
-    assert!(sink.append(&line(1)).unwrap().durable, "never: written counts");
+    assert!(
+        sink.append(&line(1)).unwrap().durable,
+        "never: written counts"
+    );
 }
 
 #[test]
@@ -293,7 +326,11 @@ fn last_line_follows_appends_and_rotations() {
     sink.close().unwrap();
 
     let (sink, recovery) = open(options(&dir), Arc::new(SystemClock));
-    assert_eq!(recovery.last_line.as_deref().map(id_of), Some(3), "from the rotated file");
+    assert_eq!(
+        recovery.last_line.as_deref().map(id_of),
+        Some(3),
+        "from the rotated file"
+    );
     assert_eq!(sink.last_line().map(id_of), Some(3));
     drop(sink);
 }

@@ -176,7 +176,8 @@ impl Worker {
                 }
                 Err(e) => {
                     metrics::compression_failed(&e);
-                    *lock(&self.shared.failure) = Some(SinkFailure::from_error(&e, self.clock.now()));
+                    *lock(&self.shared.failure) =
+                        Some(SinkFailure::from_error(&e, self.clock.now()));
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF);
                     Some(backoff)

@@ -277,7 +277,10 @@ impl FileSink {
     /// Refusals ([`SinkError::Directory`], [`SinkError::Symlink`],
     /// [`SinkError::Locked`], …) need an operator; I/O errors (a full disk) may be
     /// retried.
-    pub fn open(opts: SinkOptions, clock: Arc<dyn Clock>) -> Result<(FileSink, Recovery), SinkError> {
+    pub fn open(
+        opts: SinkOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(FileSink, Recovery), SinkError> {
         let dir = Arc::new(SinkDir::open(&opts.dir, opts.allow_group_bits)?);
         let lock = dir.open_or_create(LOCK)?;
         match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
@@ -634,7 +637,8 @@ impl FileSink {
         if let Some(a) = &self.active {
             record_opened(&self.dir, a);
         }
-        self.compress_due.push(key.time() + self.opts.compress_delay);
+        self.compress_due
+            .push(key.time() + self.opts.compress_delay);
         if let Some(c) = &self.compressor {
             c.nudge();
         }
@@ -717,7 +721,8 @@ impl FileSink {
 /// Records when the active file was opened; a failure only costs the age across a
 /// restart, so it is logged, not returned.
 fn record_opened(dir: &SinkDir, active: &ActiveFile) {
-    if let Err(e) = state::write_active_meta(dir, &ActiveMeta::new(active.inode, active.opened_at)) {
+    if let Err(e) = state::write_active_meta(dir, &ActiveMeta::new(active.inode, active.opened_at))
+    {
         tracing::warn!(error = %e, "Could not record when the active audit file was opened.");
     }
 }
@@ -728,7 +733,9 @@ fn count_lines(chunk: &[u8]) -> usize {
 
 /// Length of the first line including its `\n` (the whole input if it has none).
 fn first_line_len(buf: &[u8]) -> usize {
-    buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |p| p + 1)
+    buf.iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |p| p + 1)
 }
 
 /// The last line of a chunk that ends with `\n`, without the `\n`.

@@ -53,10 +53,7 @@ pub struct Inventory {
 }
 
 /// Repairs the directory; the active file itself is repaired by [`repair_active`].
-pub fn recover_directory(
-    dir: &SinkDir,
-    recovery: &mut Recovery,
-) -> Result<Inventory, SinkError> {
+pub fn recover_directory(dir: &SinkDir, recovery: &mut Recovery) -> Result<Inventory, SinkError> {
     let mut plain = Vec::new();
     let mut gz = Vec::new();
     for entry in dir.list()? {
@@ -197,7 +194,8 @@ pub fn last_line_of_rotated(dir: &SinkDir) -> Result<Option<Vec<u8>>, SinkError>
                     .metadata()
                     .map_err(|e| dir.err(SinkOp::Read, &name, e))?
                     .len();
-                let cut = end_of_last_line(&file, len).map_err(|e| dir.err(SinkOp::Read, &name, e))?;
+                let cut =
+                    end_of_last_line(&file, len).map_err(|e| dir.err(SinkOp::Read, &name, e))?;
                 last_line(&file, cut).map_err(|e| dir.err(SinkOp::Read, &name, e))?
             }
             RotatedForm::Gz => last_line_of_gz(file).map_err(|e| SinkError::Corrupt {
@@ -227,7 +225,10 @@ fn last_line_of_gz(file: File) -> io::Result<Option<Vec<u8>>> {
         let chunk = &buf[..n];
         match chunk.iter().rposition(|&b| b == b'\n') {
             Some(end) => {
-                let start = chunk[..end].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                let start = chunk[..end]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
                 if start == 0 {
                     current.extend_from_slice(&chunk[..end]);
                     last = Some(std::mem::take(&mut current));

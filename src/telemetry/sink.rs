@@ -51,7 +51,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ))
         .expect(WHY),
         rotations: IntCounterVec::new(
-            opts("sink_rotations_total", "Rotations of the active file, by reason."),
+            opts(
+                "sink_rotations_total",
+                "Rotations of the active file, by reason.",
+            ),
             &["reason"],
         )
         .expect(WHY),
@@ -128,7 +131,12 @@ pub fn rotated(reason: RotationReason, name: &str, bytes: u64) {
         .rotations
         .with_label_values(&[reason.as_str()])
         .inc();
-    tracing::info!(file = name, reason = reason.as_str(), bytes, "Rotated the active audit file.");
+    tracing::info!(
+        file = name,
+        reason = reason.as_str(),
+        bytes,
+        "Rotated the active audit file."
+    );
 }
 
 /// A rotated file was compressed.
@@ -153,7 +161,10 @@ pub fn compression_failed(error: &SinkError) {
 /// Retention (or a compression made pointless by it) deleted a rotated file.
 pub fn file_deleted(name: &str) {
     METRICS.files_deleted.inc();
-    tracing::info!(file = name, "Deleted a rotated audit file beyond the retention count.");
+    tracing::info!(
+        file = name,
+        "Deleted a rotated audit file beyond the retention count."
+    );
 }
 
 /// A write-path operation failed.

@@ -122,12 +122,18 @@ pub fn rotated(dir: &Path) -> Vec<String> {
 
 /// Plain rotated files still waiting for compression.
 pub fn plain_rotated(dir: &Path) -> Vec<String> {
-    rotated(dir).into_iter().filter(|n| n.ends_with(".ndjson")).collect()
+    rotated(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".ndjson"))
+        .collect()
 }
 
 /// Compressed rotated files.
 pub fn gz_rotated(dir: &Path) -> Vec<String> {
-    rotated(dir).into_iter().filter(|n| n.ends_with(".gz")).collect()
+    rotated(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".gz"))
+        .collect()
 }
 
 /// Decompresses a `.gz`, failing the test if it is not valid gzip.
@@ -189,7 +195,10 @@ pub fn run_child(name: &str, env: &[(&str, &str)], sh_prefix: Option<&str>) -> O
     let mut cmd = match sh_prefix {
         Some(prefix) => {
             let mut c = Command::new("sh");
-            c.arg("-c").arg(format!("{prefix}; exec \"$0\" \"$@\"")).arg(&exe).args(args);
+            c.arg("-c")
+                .arg(format!("{prefix}; exec \"$0\" \"$@\""))
+                .arg(&exe)
+                .args(args);
             c
         }
         None => {
