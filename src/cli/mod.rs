@@ -23,12 +23,7 @@ pub const EX_FAILURE: i32 = 1;
 #[command(name = "compartment-auditd", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file (TOML). Default: /etc/compartment/auditd.toml when it exists.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        env = "COMPARTMENT_AUDIT_CONFIG"
-    )]
+    #[arg(long, global = true, value_name = "PATH", env = "COMPARTMENT_AUDIT_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// The command to run.
@@ -85,9 +80,7 @@ pub struct NoArgs {}
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Config(ConfigCommand::Check(args)) => {
-            config_cmd::check(cli.config.as_deref(), args)
-        }
+        Command::Config(ConfigCommand::Check(args)) => config_cmd::check(cli.config.as_deref(), args),
         command => {
             let settings = match Settings::load(cli.config.as_deref()) {
                 Ok(settings) => settings,
