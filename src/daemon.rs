@@ -22,6 +22,9 @@ pub const CHECK_DATABASE: &str = "database";
 /// Readiness check of the LISTEN connection.
 pub const CHECK_LISTENER: &str = "listener";
 
+/// `application_name` of the dedicated LISTEN connection.
+pub const LISTENER_APPLICATION_NAME: &str = "compartment-auditd-listener";
+
 /// How often database reachability is checked.
 const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -40,6 +43,9 @@ pub enum StartError {
     /// The database settings are unusable.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// A start-up task panicked.
+    #[error("a start-up task failed: {0}")]
+    Worker(String),
     /// The sink directory is unusable.
     #[error("the file sink cannot start: {0}")]
     Sink(#[from] crate::sink::SinkError),
@@ -57,23 +63,37 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, StartError> {
 
 /// Runs the daemon until `shutdown` is cancelled, then drains: the mirror finishes its
 /// batch and fsyncs, the HTTP server lets requests finish.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     telemetry::init();
     let health = Arc::new(Health::new());
     let pool = db::pool(&settings.database).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     health.register(CHECK_DATABASE, "not checked yet");
-    tasks.spawn(watch_database(pool.clone(), health.clone(), shutdown.clone()));
+    tasks.spawn(watch_database(
+        pool.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
 
     let mut mirror_task = None;
     if settings.file_sink.enabled {
         let options = SinkOptions::from_settings(&settings.file_sink);
-        let (sink, recovery) = tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
-            .await
-            .map_err(|e| crate::sink::SinkError::from_panic(e.to_string()))??;
+        let (sink, recovery) =
+            tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
+                .await
+                .map_err(|e| StartError::Worker(e.to_string()))??;
+        let mut listener_config = db::pg_config(&settings.database)?;
+        if listener_config.get_application_name() == Some(db::APPLICATION_NAME) {
+            // Distinct in pg_stat_activity: operators can tell the LISTEN connection apart.
+            listener_config.application_name(LISTENER_APPLICATION_NAME);
+        }
         let doorbell = listener::spawn(
-            db::pg_config(&settings.database)?,
+            listener_config,
             ListenerOptions {
                 heartbeat_interval: settings.mirror.heartbeat_interval,
                 deadline: settings.database.connect_timeout,
@@ -82,7 +102,11 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
             shutdown.clone(),
         );
         health.register(CHECK_LISTENER, "not subscribed yet");
-        tasks.spawn(watch_listener(doorbell.clone(), health.clone(), shutdown.clone()));
+        tasks.spawn(watch_listener(
+            doorbell.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
         let mirror = Mirror::new(
             pool.clone(),
             doorbell,
@@ -93,7 +117,9 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
             sink,
         );
         let token = shutdown.clone();
-        mirror_task = Some(tokio::spawn(async move { mirror.run(recovery, token).await }));
+        mirror_task = Some(tokio::spawn(
+            async move { mirror.run(recovery, token).await },
+        ));
     } else {
         tracing::info!("The file sink is disabled; its directory is left untouched");
     }
@@ -123,7 +149,11 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
 }
 
 /// Keeps the database check current.
-async fn watch_database(pool: deadpool_postgres::Pool, health: Arc<Health>, shutdown: CancellationToken) {
+async fn watch_database(
+    pool: deadpool_postgres::Pool,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
     loop {
         match db::ping(&pool).await {
             Ok(()) => health.set_ok(CHECK_DATABASE),
@@ -137,7 +167,11 @@ async fn watch_database(pool: deadpool_postgres::Pool, health: Arc<Health>, shut
 }
 
 /// Mirrors the listener's state into its readiness check.
-async fn watch_listener(doorbell: listener::Doorbell, health: Arc<Health>, shutdown: CancellationToken) {
+async fn watch_listener(
+    doorbell: listener::Doorbell,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
     let mut subscribed = doorbell.subscribed.clone();
     loop {
         if *subscribed.borrow_and_update() {

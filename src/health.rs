@@ -188,7 +188,10 @@ mod tests {
         health.register("sink", "not opened yet");
         let report = health.report();
         assert!(!report.is_ready());
-        assert_eq!(report.checks["database"].message.as_deref(), Some("not connected yet"));
+        assert_eq!(
+            report.checks["database"].message.as_deref(),
+            Some("not connected yet")
+        );
         health.set_ok("database");
         health.set_ok("sink");
         assert!(health.report().is_ready());

@@ -19,14 +19,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod event;
 pub mod export;
+pub mod health;
 pub mod http;
 pub mod mirror;
 pub mod retention;
 pub mod sanitize;
 pub mod sink;
 pub mod telemetry;
-pub mod health;
-pub mod daemon;

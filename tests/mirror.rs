@@ -27,9 +27,23 @@ async fn assert_sink_matches_table(url: &str, sink: &std::path::Path) {
         caught_up.is_some() || !missing.is_empty(),
         "timed out although nothing is missing"
     );
-    assert!(missing.is_empty(), "{} committed events missing from the sink, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert!(duplicated.is_empty(), "{} events written twice, e.g. {:?}", duplicated.len(), &duplicated[..duplicated.len().min(10)]);
-    assert!(unexpected.is_empty(), "events in the sink that are not committed: {:?}", &unexpected[..unexpected.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} committed events missing from the sink, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        duplicated.is_empty(),
+        "{} events written twice, e.g. {:?}",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(10)]
+    );
+    assert!(
+        unexpected.is_empty(),
+        "events in the sink that are not committed: {:?}",
+        &unexpected[..unexpected.len().min(10)]
+    );
 }
 
 fn is_sorted(ids: &[i64]) -> bool {
@@ -46,7 +60,11 @@ async fn concurrent_writers_committing_out_of_id_order_reach_the_sink_exactly_on
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
         .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "200")
         .spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
 
     let writers = Writers::start(
         db.url(),
@@ -59,8 +77,14 @@ async fn concurrent_writers_committing_out_of_id_order_reach_the_sink_exactly_on
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let stats = writers.stop().await;
-    assert!(stats.held_open.load(std::sync::atomic::Ordering::Relaxed) > 5, "the scenario held transactions open");
-    assert!(stats.rollbacks.load(std::sync::atomic::Ordering::Relaxed) > 0, "the scenario rolled back");
+    assert!(
+        stats.held_open.load(std::sync::atomic::Ordering::Relaxed) > 5,
+        "the scenario held transactions open"
+    );
+    assert!(
+        stats.rollbacks.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the scenario rolled back"
+    );
 
     assert_sink_matches_table(db.url(), &sink).await;
     let written = read_sink_ids(&sink);
@@ -81,7 +105,9 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let config = DaemonConfig::new(db.url(), &sink, dir.path())
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
         .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "25")
-        .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "32K");
+        .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "32K")
+        // Many small files: keep them all, the oracle needs every line.
+        .with("COMPARTMENT_AUDIT_FILE_SINK_RETENTION_FILES", "100000");
     let writers = Writers::start(
         db.url(),
         org,
@@ -99,9 +125,17 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     }
     writers.stop().await;
     let daemon = config.spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
     assert_sink_matches_table(db.url(), &sink).await;
-    let rotated = std::fs::read_dir(&sink).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("audit-")).count();
+    let rotated = std::fs::read_dir(&sink)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+        .count();
     assert!(rotated > 0, "kills should have met rotations too");
 }
 
@@ -116,7 +150,11 @@ async fn database_restart_and_terminated_backends_lose_nothing() {
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
         .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "50")
         .spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
     let writers = Writers::start(&url, org, 4, Shapes::default());
 
     // The listener's backend (and every other daemon backend) killed under it.
@@ -131,20 +169,33 @@ async fn database_restart_and_terminated_backends_lose_nothing() {
         let (_, metrics) = daemon.get("/metrics")?;
         metrics
             .lines()
-            .any(|l| l.starts_with("compartment_audit_listener_reconnects_total") && !l.ends_with(" 0"))
+            .any(|l| {
+                l.starts_with("compartment_audit_listener_reconnects_total") && !l.ends_with(" 0")
+            })
             .then_some(())
     })
     .await;
-    assert!(reconnected.is_some(), "the terminated listener was not noticed: {}", daemon.log_text());
+    assert!(
+        reconnected.is_some(),
+        "the terminated listener was not noticed: {}",
+        daemon.log_text()
+    );
     assert!(daemon.wait_ready(Duration::from_secs(30)).await);
 
     // The whole server restarted.
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.stop();
     let body = daemon.wait_not_ready(Duration::from_secs(30)).await;
-    assert!(body.is_some(), "readiness stayed true while the database was down");
+    assert!(
+        body.is_some(),
+        "readiness stayed true while the database was down"
+    );
     pg.restart();
-    assert!(daemon.wait_ready(Duration::from_secs(60)).await, "not ready again: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(60)).await,
+        "not ready again: {}",
+        daemon.log_text()
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     writers.stop().await;
@@ -162,10 +213,21 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
     // start_from = now (the default): what exists before the first start is skipped.
     insert_n(db.url(), org, 5).await;
     let daemon = config.spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
     let before: Vec<i64> = writers::committed_ids(db.url()).await;
     insert_n(db.url(), org, 3).await;
-    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 3).then_some(())).await.is_some());
+    assert!(
+        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
+            .len()
+            == 3)
+            .then_some(()))
+        .await
+        .is_some()
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // Down: no notification reaches anyone.
@@ -173,11 +235,25 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
     let daemon = config.spawn();
     assert!(daemon.wait_ready(Duration::from_secs(30)).await);
     let all = writers::committed_ids(db.url()).await;
-    let expected: Vec<i64> = all.iter().copied().filter(|id| !before.contains(id)).collect();
+    let expected: Vec<i64> = all
+        .iter()
+        .copied()
+        .filter(|id| !before.contains(id))
+        .collect();
     assert_eq!(expected.len(), 10);
-    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 10).then_some(())).await.is_some());
+    assert!(
+        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
+            .len()
+            == 10)
+            .then_some(()))
+        .await
+        .is_some()
+    );
     let (missing, duplicated, unexpected) = compare_ids(&expected, &read_sink_ids(&sink));
-    assert!(missing.is_empty() && duplicated.is_empty() && unexpected.is_empty(), "{missing:?} {duplicated:?} {unexpected:?}");
+    assert!(
+        missing.is_empty() && duplicated.is_empty() && unexpected.is_empty(),
+        "{missing:?} {duplicated:?} {unexpected:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +266,11 @@ async fn start_from_beginning_backfills_every_retained_event() {
     let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
         .spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
     assert_sink_matches_table(db.url(), &sink).await;
     let lines = read_sink_lines(&sink);
     assert_eq!(lines.len(), 12);
@@ -210,8 +290,15 @@ async fn sigterm_during_a_burst_exits_zero_with_every_line_whole() {
     insert_n(db.url(), org, 20_000).await;
     let daemon = config.spawn();
     // Stop it while it is catching up.
-    let started = wait_for(Duration::from_secs(30), async || (!read_sink_ids(&sink).is_empty()).then_some(())).await;
-    assert!(started.is_some(), "never started writing: {}", daemon.log_text());
+    let started = wait_for(Duration::from_secs(30), async || {
+        (!read_sink_ids(&sink).is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        started.is_some(),
+        "never started writing: {}",
+        daemon.log_text()
+    );
     let status = daemon.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
     // read_sink_ids panics on a torn line: every acknowledged line is whole.
@@ -219,7 +306,10 @@ async fn sigterm_during_a_burst_exits_zero_with_every_line_whole() {
     assert!(!partial.is_empty());
     // And the published position never runs ahead of the file.
     let published = published_event_id(db.url()).await;
-    assert!(published.is_some_and(|id| partial.contains(&id)), "published {published:?} is not a written line");
+    assert!(
+        published.is_some_and(|id| partial.contains(&id)),
+        "published {published:?} is not a written line"
+    );
     let daemon = config.spawn();
     assert!(daemon.wait_ready(Duration::from_secs(30)).await);
     assert_sink_matches_table(db.url(), &sink).await;
@@ -230,16 +320,28 @@ async fn readyz_names_each_failing_check_and_metrics_pass_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("sink");
     // Nothing listens on this port: the database is unreachable.
-    let dead = format!("postgres://postgres@127.0.0.1:{}/nowhere", support::free_port());
+    let dead = format!(
+        "postgres://postgres@127.0.0.1:{}/nowhere",
+        support::free_port()
+    );
     let daemon = DaemonConfig::new(&dead, &sink, dir.path()).spawn();
-    let body = daemon.wait_not_ready(Duration::from_secs(30)).await.expect("readyz answers 503");
+    let body = daemon
+        .wait_not_ready(Duration::from_secs(30))
+        .await
+        .expect("readyz answers 503");
     let report: serde_json::Value = serde_json::from_str(&body).expect("readyz answers JSON");
     assert_eq!(report["status"], "not_ready");
     for check in ["database", "listener", "mirror"] {
-        assert_eq!(report["checks"][check]["status"], "failing", "{check} in {report}");
+        assert_eq!(
+            report["checks"][check]["status"], "failing",
+            "{check} in {report}"
+        );
         assert!(report["checks"][check]["message"].is_string());
     }
-    assert!(!body.contains("postgres://"), "readiness must not print the database URL");
+    assert!(
+        !body.contains("postgres://"),
+        "readiness must not print the database URL"
+    );
     let (status, _) = daemon.get("/healthz").expect("healthz answers");
     assert_eq!(status, 200);
     let (status, _) = daemon.get("/nope").expect("404 answers");
@@ -264,7 +366,12 @@ async fn readyz_names_each_failing_check_and_metrics_pass_promtool() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
         let output = child.wait_with_output().unwrap();
         assert!(
             output.status.success(),
@@ -285,9 +392,20 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
     let org = writers::create_org(db.url(), "acme-dev").await;
     let config = DaemonConfig::new(db.url(), &sink, dir.path());
     let daemon = config.spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
     insert_n(db.url(), org, 2).await;
-    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 2).then_some(())).await.is_some());
+    assert!(
+        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
+            .len()
+            == 2)
+            .then_some(()))
+        .await
+        .is_some()
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // Pretend the sink was set up against another cluster.
@@ -304,13 +422,25 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
     std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
 
     let daemon = config.spawn();
-    let body = daemon.wait_not_ready(Duration::from_secs(30)).await.expect("not ready");
+    let body = daemon
+        .wait_not_ready(Duration::from_secs(30))
+        .await
+        .expect("not ready");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let message = report["checks"]["mirror"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("rebaseline"), "the failing check says what to do: {message}");
+    let message = report["checks"]["mirror"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("rebaseline"),
+        "the failing check says what to do: {message}"
+    );
     insert_n(db.url(), org, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(read_sink_ids(&sink).len(), 2, "nothing is written while halted");
+    assert_eq!(
+        read_sink_ids(&sink).len(),
+        2,
+        "nothing is written while halted"
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
 
     let output = std::process::Command::new(support::bin())
@@ -321,11 +451,26 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
         .args(["sink", "rebaseline", "--yes"])
         .output()
         .unwrap();
-    assert!(output.status.success(), "rebaseline: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "rebaseline: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let daemon = config.spawn();
-    assert!(daemon.wait_ready(Duration::from_secs(30)).await, "not ready after rebaseline: {}", daemon.log_text());
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready after rebaseline: {}",
+        daemon.log_text()
+    );
     insert_n(db.url(), org, 1).await;
-    assert!(wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink).len() == 3).then_some(())).await.is_some());
+    assert!(
+        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
+            .len()
+            == 3)
+            .then_some(()))
+        .await
+        .is_some()
+    );
 }
 
 fn find_key<'a>(value: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
@@ -354,7 +499,9 @@ async fn insert_n(url: &str, org: uuid::Uuid, n: i32) {
 }
 
 async fn published_event_id(url: &str) -> Option<i64> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.ok()?;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
     let driver = tokio::spawn(connection);
     let row = client
         .query_opt("SELECT event_id FROM audit_sink_positions", &[])

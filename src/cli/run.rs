@@ -39,15 +39,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<i32> {
 /// First SIGTERM/SIGINT: drain and exit 0. A second one: exit at once.
 async fn handle_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("Cannot install signal handlers; SIGTERM will kill the daemon without draining");
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "Cannot install signal handlers; SIGTERM will kill the daemon without draining"
+        );
         return;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("Received a stop signal; finishing the current batch (send it again to exit at once)");
+    tracing::info!(
+        "Received a stop signal; finishing the current batch (send it again to exit at once)"
+    );
     shutdown.cancel();
     tokio::select! {
         _ = term.recv() => {}

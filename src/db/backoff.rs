@@ -55,7 +55,10 @@ mod tests {
         let delays: Vec<_> = (0..12).map(|_| backoff.next_delay()).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
         assert!(delays[0] <= Duration::from_millis(100));
-        assert!(delays[11] >= Duration::from_secs(1), "late delays reach half the cap at least");
+        assert!(
+            delays[11] >= Duration::from_secs(1),
+            "late delays reach half the cap at least"
+        );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
     }

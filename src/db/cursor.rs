@@ -72,8 +72,7 @@ pub async fn read_batch(
              LIMIT $3",
             &[&after.tx.to_string(), &after.id, &limit],
         )
-        .await
-        ?;
+        .await?;
     let mut batch = Batch {
         events: Vec::with_capacity(rows.len()),
         positions: Vec::with_capacity(rows.len()),
@@ -119,8 +118,7 @@ pub async fn horizon_wait(
                AND tx >= pg_snapshot_xmin(pg_current_snapshot())",
             &[&after.tx.to_string(), &after.id],
         )
-        .await
-        ?;
+        .await?;
     let seconds: Option<f64> = row.try_get(0)?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
@@ -130,8 +128,7 @@ pub async fn horizon_wait(
 pub async fn current_horizon(client: &impl GenericClient) -> Result<Position, DbError> {
     let row = client
         .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-        .await
-        ?;
+        .await?;
     let xmin: String = row.try_get(0)?;
     // Rows of transaction `xmin` itself may still come: start just before it.
     Ok(Position {
@@ -147,8 +144,7 @@ pub async fn position_of(
 ) -> Result<Option<Position>, DbError> {
     let row = client
         .query_opt("SELECT tx::text FROM audit_events WHERE id = $1", &[&id])
-        .await
-        ?;
+        .await?;
     match row {
         None => Ok(None),
         Some(row) => {
@@ -165,10 +161,12 @@ pub async fn position_of(
 /// (restored into a new cluster), which makes stored positions meaningless.
 pub async fn system_identifier(client: &impl GenericClient) -> Result<String, DbError> {
     let row = client
-        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
-        .await
-        ?;
-    row.try_get(0)?
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
 }
 
 /// A sink's position as published in the database, for retention.
@@ -229,10 +227,9 @@ pub async fn published_position(
 }
 
 fn parse_xid8(text: &str) -> Result<u64, DbError> {
-    text.parse()
-        .map_err(|_| DbError::Data {
-            reason: format!("not an xid8: {text:?}"),
-        })
+    text.parse().map_err(|_| DbError::Data {
+        reason: format!("not an xid8: {text:?}"),
+    })
 }
 
 /// Sets a sink's published position unconditionally (re-baseline only).

@@ -62,7 +62,15 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), options.max_backoff);
         loop {
-            let result = session(&config, &options, &rings, &subscribed_tx, &error_tx, &shutdown).await;
+            let result = session(
+                &config,
+                &options,
+                &rings,
+                &subscribed_tx,
+                &error_tx,
+                &shutdown,
+            )
+            .await;
             // A session that got as far as LISTEN was a success: start the next
             // reconnect from the shortest delay again.
             if subscribed_tx.send_replace(false) {
@@ -155,7 +163,12 @@ async fn session(
     // session never leaves a connection behind.
     let _abort = AbortOnDrop(driver);
 
-    match tokio::time::timeout(options.deadline, client.batch_execute(&format!("LISTEN {CHANNEL}"))).await {
+    match tokio::time::timeout(
+        options.deadline,
+        client.batch_execute(&format!("LISTEN {CHANNEL}")),
+    )
+    .await
+    {
         Err(_) => return Err(SessionError::HeartbeatTimeout(options.deadline)),
         Ok(Err(err)) => return Err(SessionError::Listen(err)),
         Ok(Ok(())) => {}

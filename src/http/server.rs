@@ -60,7 +60,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         let service = service_fn(move |request: Request<Incoming>| {
             let state = service_state.clone();
             async move {
-                let answer = tokio::time::timeout(request_timeout, routes::route(&state, request)).await;
+                let answer =
+                    tokio::time::timeout(request_timeout, routes::route(&state, request)).await;
                 Ok::<_, std::convert::Infallible>(answer.unwrap_or_else(|_| {
                     response::error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -85,7 +86,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         });
     }
     drop(listener);
-    if tokio::time::timeout(request_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(request_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("HTTP connections still open at shutdown were cut");
     }
 }

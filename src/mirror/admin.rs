@@ -86,7 +86,13 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
         Ok(())
     })
     .await??;
-    cursor::reset_position(&**client, &settings.file_sink.sink_id, &system_identifier, position).await?;
+    cursor::reset_position(
+        &**client,
+        &settings.file_sink.sink_id,
+        &system_identifier,
+        position,
+    )
+    .await?;
     println!(
         "The sink now starts at {position} of database {system_identifier}; start the daemon to resume mirroring."
     );

@@ -154,7 +154,8 @@ impl Mirror {
         sink_settings: FileSinkSettings,
         sink: FileSink,
     ) -> Self {
-        health.register(CHECK_SINK, "the sink has not written yet");
+        // Opened means writable; a failed append or fsync flips it.
+        health.set_ok(CHECK_SINK);
         health.register(CHECK_MIRROR, "the mirror has not started yet");
         Mirror {
             pool,
@@ -170,9 +171,14 @@ impl Mirror {
     /// Runs until `shutdown`: then finishes the batch in hand, fsyncs, publishes the
     /// position and returns. Transient failures are retried forever; a permanent one
     /// (replaced database) halts mirroring but keeps the process up, not ready.
-    pub async fn run(self, recovery: Recovery, shutdown: CancellationToken) -> Result<(), MirrorError> {
+    pub async fn run(
+        self,
+        recovery: Recovery,
+        shutdown: CancellationToken,
+    ) -> Result<(), MirrorError> {
         let stale_after = (self.settings.poll_interval * 3).max(Duration::from_secs(30));
-        let mut backoff = crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
+        let mut backoff =
+            crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
 
         // 1. Where to resume.
         let (position, system_identifier) = loop {
@@ -186,7 +192,10 @@ impl Mirror {
                 }
                 Err(err) => {
                     telemetry::mirror::mirror_failed("start", &err);
-                    self.health.set_failing(CHECK_MIRROR, format!("cannot determine the position: {err}"));
+                    self.health.set_failing(
+                        CHECK_MIRROR,
+                        format!("cannot determine the position: {err}"),
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return self.close().await,
                         _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -274,7 +283,10 @@ impl Mirror {
     }
 
     /// Works out where to resume; see the module documentation.
-    async fn establish_position(&self, recovery: &Recovery) -> Result<(Position, String), MirrorError> {
+    async fn establish_position(
+        &self,
+        recovery: &Recovery,
+    ) -> Result<(Position, String), MirrorError> {
         let client = self.client().await?;
         let system_identifier = cursor::system_identifier(&**client).await?;
         let sink_id = self.sink_settings.sink_id.clone();
@@ -308,7 +320,12 @@ impl Mirror {
                         // Retention may delete a row once its line is durable and
                         // published; then the published position is that very row.
                         match cursor::published_position(&**client, &sink_id).await? {
-                            Some(p) if p.position.id == id && p.system_identifier == system_identifier => p.position,
+                            Some(p)
+                                if p.position.id == id
+                                    && p.system_identifier == system_identifier =>
+                            {
+                                p.position
+                            }
                             _ => return Err(MirrorError::UnknownLastLine { id }),
                         }
                     }
@@ -393,10 +410,9 @@ impl Mirror {
             Ok(appended) => {
                 let now = chrono::Utc::now();
                 if let Some(last) = batch.events.last() {
-                    let lags = batch
-                        .events
-                        .iter()
-                        .map(|e| (now - e.occurred_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+                    let lags = batch.events.iter().map(|e| {
+                        (now - e.occurred_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+                    });
                     telemetry::mirror::batch_durable(batch.events.len(), last.id, lags);
                 }
                 Ok(appended.durable)
@@ -412,7 +428,10 @@ impl Mirror {
         self.maybe_sync(state, true).await;
         self.maybe_publish(state, true).await;
         let wait = match self.client().await {
-            Ok(client) => cursor::horizon_wait(&**client, state.appended).await.ok().flatten(),
+            Ok(client) => cursor::horizon_wait(&**client, state.appended)
+                .await
+                .ok()
+                .flatten(),
             Err(_) => None,
         };
         telemetry::mirror::horizon_wait(wait);
@@ -481,7 +500,8 @@ impl Mirror {
     }
 
     async fn write_state(&self, state: &SinkState) -> Result<(), MirrorError> {
-        let value = serde_json::to_value(state).map_err(|e| MirrorError::BadState(e.to_string()))?;
+        let value =
+            serde_json::to_value(state).map_err(|e| MirrorError::BadState(e.to_string()))?;
         let sink = self.sink.clone();
         tokio::task::spawn_blocking(move || lock(&sink).write_state(&value))
             .await
@@ -492,7 +512,10 @@ impl Mirror {
     async fn close(self) -> Result<(), MirrorError> {
         let sink = self.sink;
         tokio::task::spawn_blocking(move || match Arc::try_unwrap(sink) {
-            Ok(mutex) => mutex.into_inner().unwrap_or_else(|e| e.into_inner()).close(),
+            Ok(mutex) => mutex
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .close(),
             // Another holder (a worker still running) keeps it; it closes on drop.
             Err(_) => Ok(()),
         })

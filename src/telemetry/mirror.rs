@@ -9,15 +9,21 @@ use super::{register, PREFIX};
 
 static EVENTS_MIRRORED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::with_opts(
-        Opts::new("events_mirrored_total", "Audit events written durably to the file sink.")
-            .namespace(PREFIX),
+        Opts::new(
+            "events_mirrored_total",
+            "Audit events written durably to the file sink.",
+        )
+        .namespace(PREFIX),
     ))
 });
 
 static BATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::with_opts(
-        Opts::new("mirror_batches_total", "Batches written durably to the file sink.")
-            .namespace(PREFIX),
+        Opts::new(
+            "mirror_batches_total",
+            "Batches written durably to the file sink.",
+        )
+        .namespace(PREFIX),
     ))
 });
 
@@ -94,22 +100,31 @@ static RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
 
 static NOTIFICATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::with_opts(
-        Opts::new("listener_notifications_total", "Notifications received on the LISTEN connection.")
-            .namespace(PREFIX),
+        Opts::new(
+            "listener_notifications_total",
+            "Notifications received on the LISTEN connection.",
+        )
+        .namespace(PREFIX),
     ))
 });
 
 static CONNECTED: LazyLock<IntGauge> = LazyLock::new(|| {
     register(IntGauge::with_opts(
-        Opts::new("listener_connected", "1 while the LISTEN connection is subscribed.")
-            .namespace(PREFIX),
+        Opts::new(
+            "listener_connected",
+            "1 while the LISTEN connection is subscribed.",
+        )
+        .namespace(PREFIX),
     ))
 });
 
 static READY: LazyLock<IntGauge> = LazyLock::new(|| {
     register(IntGauge::with_opts(
-        Opts::new("ready", "1 when every readiness check passes, as last reported by /readyz.")
-            .namespace(PREFIX),
+        Opts::new(
+            "ready",
+            "1 when every readiness check passes, as last reported by /readyz.",
+        )
+        .namespace(PREFIX),
     ))
 });
 

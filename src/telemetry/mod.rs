@@ -7,6 +7,8 @@
 
 pub mod logging;
 pub mod mirror;
+pub mod sanitize;
+pub mod sink;
 
 use std::sync::LazyLock;
 
@@ -61,6 +63,8 @@ pub fn init() {
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     mirror::init();
+    sanitize::init();
+    sink::init();
 }
 
 /// Renders every metric in the Prometheus text format.

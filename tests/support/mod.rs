@@ -21,7 +21,10 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T>(timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+pub async fn wait_for<T>(
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
@@ -54,7 +57,10 @@ fn pg_bin() -> PathBuf {
         .map(|e| e.path())
         .collect();
     versions.sort();
-    versions.pop().expect("a PostgreSQL version is installed").join("bin")
+    versions
+        .pop()
+        .expect("a PostgreSQL version is installed")
+        .join("bin")
 }
 
 fn as_postgres(program: &Path) -> Command {
@@ -220,10 +226,16 @@ impl DaemonConfig {
         let mut env = HashMap::new();
         // Quick timers so tests do not wait on defaults meant for production.
         env.insert("COMPARTMENT_AUDIT_MIRROR_POLL_INTERVAL".into(), "1s".into());
-        env.insert("COMPARTMENT_AUDIT_MIRROR_HEARTBEAT_INTERVAL".into(), "1s".into());
+        env.insert(
+            "COMPARTMENT_AUDIT_MIRROR_HEARTBEAT_INTERVAL".into(),
+            "1s".into(),
+        );
         env.insert("COMPARTMENT_AUDIT_MIRROR_MAX_BACKOFF".into(), "1s".into());
         env.insert("COMPARTMENT_DATABASE_CONNECT_TIMEOUT".into(), "2s".into());
-        env.insert("COMPARTMENT_AUDIT_FILE_SINK_COMPRESS_DELAY".into(), "0s".into());
+        env.insert(
+            "COMPARTMENT_AUDIT_FILE_SINK_COMPRESS_DELAY".into(),
+            "0s".into(),
+        );
         env.insert("COMPARTMENT_AUDIT_LOG_LEVEL".into(), "info".into());
         DaemonConfig {
             database_url: database_url.to_string(),
@@ -330,7 +342,9 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         Duration::from_secs(2),
     )
     .ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
@@ -353,7 +367,8 @@ pub fn read_sink_lines(dir: &Path) -> Vec<serde_json::Value> {
                 .map(|e| e.path())
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.starts_with("audit-") && (name.ends_with(".ndjson") || name.ends_with(".ndjson.gz"))
+                    name.starts_with("audit-")
+                        && (name.ends_with(".ndjson") || name.ends_with(".ndjson.gz"))
                 })
                 .collect()
         })
@@ -370,7 +385,9 @@ pub fn read_sink_lines(dir: &Path) -> Vec<serde_json::Value> {
     files.push(dir.join("audit.ndjson"));
     let mut lines = Vec::new();
     for file in files {
-        let Ok(raw) = std::fs::read(&file) else { continue };
+        let Ok(raw) = std::fs::read(&file) else {
+            continue;
+        };
         let text = if file.extension().is_some_and(|e| e == "gz") {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(&raw[..])
@@ -381,7 +398,12 @@ pub fn read_sink_lines(dir: &Path) -> Vec<serde_json::Value> {
             raw
         };
         if !text.is_empty() {
-            assert_eq!(text.last(), Some(&b'\n'), "{} ends in a torn line", file.display());
+            assert_eq!(
+                text.last(),
+                Some(&b'\n'),
+                "{} ends in a torn line",
+                file.display()
+            );
         }
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             lines.push(
@@ -408,9 +430,21 @@ pub fn compare_ids(committed: &[i64], written: &[i64]) -> (Vec<i64>, Vec<i64>, V
         *counts.entry(*id).or_default() += 1;
     }
     let committed_set: std::collections::HashSet<i64> = committed.iter().copied().collect();
-    let mut missing: Vec<i64> = committed.iter().copied().filter(|id| !counts.contains_key(id)).collect();
-    let mut duplicated: Vec<i64> = counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
-    let mut unexpected: Vec<i64> = counts.keys().copied().filter(|id| !committed_set.contains(id)).collect();
+    let mut missing: Vec<i64> = committed
+        .iter()
+        .copied()
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    let mut duplicated: Vec<i64> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut unexpected: Vec<i64> = counts
+        .keys()
+        .copied()
+        .filter(|id| !committed_set.contains(id))
+        .collect();
     missing.sort();
     duplicated.sort();
     unexpected.sort();

@@ -100,7 +100,10 @@ async fn writer(
         };
         let driver = tokio::spawn(connection);
         while !stop.load(Ordering::SeqCst) {
-            if one_transaction(w, &mut client, org_id, &shapes, &stats).await.is_err() {
+            if one_transaction(w, &mut client, org_id, &shapes, &stats)
+                .await
+                .is_err()
+            {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -127,9 +130,14 @@ async fn one_transaction(
         } else {
             1
         };
-        (hold, rng.random_bool(shapes.rollback), rows as i32, rng.random_bool(0.1))
+        (
+            hold,
+            rng.random_bool(shapes.rollback),
+            rows as i32,
+            rng.random_bool(0.1),
+        )
     };
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     insert(&tx, org_id, w, rows).await?;
     if savepoint {
         // Rows inserted after a savepoint that is rolled back never commit.
