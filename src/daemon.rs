@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -12,8 +13,9 @@ use crate::db;
 use crate::db::listener::{self, ListenerOptions};
 use crate::health::Health;
 use crate::http::{self, AppState};
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, Phase};
 use crate::sanitize::Sanitizer;
+use crate::service;
 use crate::sink::{FileSink, SinkOptions, SystemClock};
 use crate::telemetry;
 
@@ -116,13 +118,16 @@ pub async fn run(
             settings.file_sink.clone(),
             sink,
         );
+        tasks.spawn(notify_ready(mirror.phase(), shutdown.clone()));
         let token = shutdown.clone();
         mirror_task = Some(tokio::spawn(
             async move { mirror.run(recovery, token).await },
         ));
     } else {
         tracing::info!("The file sink is disabled; its directory is left untouched");
+        service::ready("Serving health, metrics and the audit API (file sink disabled)");
     }
+    tasks.spawn(service::watchdog(health.clone(), shutdown.clone()));
 
     let state = Arc::new(AppState {
         health: health.clone(),
@@ -134,6 +139,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     tracing::info!("Shutting down");
+    service::stopping();
     if let Some(task) = mirror_task {
         match task.await {
             Ok(Ok(())) => {}
@@ -146,6 +152,22 @@ pub async fn run(
     let _ = http_task.await;
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Tells the service manager READY once the mirror has caught up (or has halted and
+/// waits for an operator: the service is up, `systemctl status` says why it idles).
+async fn notify_ready(mut phase: watch::Receiver<Phase>, shutdown: CancellationToken) {
+    let status = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        seen = phase.wait_for(|p| matches!(p, Phase::CaughtUp | Phase::Halted(_))) => match seen {
+            Ok(p) => match &*p {
+                Phase::Halted(reason) => format!("Mirroring halted: {reason}"),
+                _ => "Caught up; mirroring audit events".to_string(),
+            },
+            Err(_) => return,
+        },
+    };
+    service::ready(&status);
 }
 
 /// Keeps the database check current.

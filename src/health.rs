@@ -124,6 +124,19 @@ impl Health {
         });
     }
 
+    /// Checks whose progress beats stopped (stuck loops), for the watchdog. A check
+    /// that fails for another reason (database down) still beats and is not listed.
+    pub fn stale_checks(&self) -> Vec<&'static str> {
+        let now = Instant::now();
+        self.with(|checks| {
+            checks
+                .iter()
+                .filter(|(_, c)| c.is_stale(now))
+                .map(|(name, _)| *name)
+                .collect()
+        })
+    }
+
     /// The current readiness.
     pub fn report(&self) -> Readiness {
         let now = Instant::now();
@@ -149,6 +162,13 @@ impl Health {
 }
 
 impl Check {
+    fn is_stale(&self, now: Instant) -> bool {
+        match (self.stale_after, self.last_beat) {
+            (Some(stale_after), Some(last)) => now.saturating_duration_since(last) > stale_after,
+            _ => false,
+        }
+    }
+
     fn report(&self, now: Instant) -> CheckReport {
         if let Some(message) = &self.failure {
             return CheckReport {
@@ -156,18 +176,18 @@ impl Check {
                 message: Some(message.clone()),
             };
         }
-        if let (Some(stale_after), Some(last)) = (self.stale_after, self.last_beat) {
+        if let (true, Some(stale_after), Some(last)) =
+            (self.is_stale(now), self.stale_after, self.last_beat)
+        {
             let quiet = now.saturating_duration_since(last);
-            if quiet > stale_after {
-                return CheckReport {
-                    status: "failing",
-                    message: Some(format!(
-                        "no progress for {}s (limit {}s)",
-                        quiet.as_secs(),
-                        stale_after.as_secs()
-                    )),
-                };
-            }
+            return CheckReport {
+                status: "failing",
+                message: Some(format!(
+                    "no progress for {}s (limit {}s)",
+                    quiet.as_secs(),
+                    stale_after.as_secs()
+                )),
+            };
         }
         CheckReport {
             status: "ok",

@@ -28,5 +28,6 @@ pub mod http;
 pub mod mirror;
 pub mod retention;
 pub mod sanitize;
+pub mod service;
 pub mod sink;
 pub mod telemetry;

@@ -28,7 +28,6 @@ pub struct RebaselineArgs {
 
 /// `run`
 pub async fn run(settings: Settings) -> anyhow::Result<i32> {
-    crate::telemetry::logging::init(&settings.log);
     let listener = daemon::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(handle_signals(shutdown.clone()));

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FileSinkSettings, FsyncPolicy, MirrorSettings, StartFrom};
@@ -44,6 +45,25 @@ use crate::telemetry;
 pub const CHECK_SINK: &str = "sink";
 /// Readiness check of the mirror loop itself (progress, identity).
 pub const CHECK_MIRROR: &str = "mirror";
+
+/// Where the mirror is, for the service manager (READY after catch-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Working out the position (or waiting for the database to do so).
+    Starting,
+    /// Reading full batches: behind the database.
+    CatchingUp,
+    /// A read came back short: everything committed below the horizon is written.
+    CaughtUp,
+    /// Stopped until an operator acts; the reason.
+    Halted(String),
+}
+
+/// Rows waiting behind an open transaction this long no longer hold back READY.
+const CAUGHT_UP_DESPITE_WAIT: Duration = Duration::from_secs(30);
+
+/// During a catch-up, ask the service manager for more start time this often.
+const EXTEND_START_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the durable position is published to the database at most.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
@@ -141,6 +161,8 @@ pub struct Mirror {
     sink_settings: FileSinkSettings,
     /// The sink; a std mutex because it is only locked inside blocking tasks.
     sink: Arc<Mutex<FileSink>>,
+    /// Where the mirror is, for READY.
+    phase: watch::Sender<Phase>,
 }
 
 impl Mirror {
@@ -165,7 +187,13 @@ impl Mirror {
             settings,
             sink_settings,
             sink: Arc::new(Mutex::new(sink)),
+            phase: watch::Sender::new(Phase::Starting),
         }
+    }
+
+    /// Follows the mirror's phase.
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 
     /// Runs until `shutdown`: then finishes the batch in hand, fsyncs, publishes the
@@ -176,7 +204,9 @@ impl Mirror {
         recovery: Recovery,
         shutdown: CancellationToken,
     ) -> Result<(), MirrorError> {
-        let stale_after = (self.settings.poll_interval * 3).max(Duration::from_secs(30));
+        // A loop iteration waits at most one poll interval; three without a beat means
+        // it is stuck (a hung read or write), which readiness and the watchdog report.
+        let stale_after = (self.settings.poll_interval * 3).max(Duration::from_secs(5));
         let mut backoff =
             crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
 
@@ -187,6 +217,7 @@ impl Mirror {
                 Err(err) if err.is_permanent() => {
                     telemetry::mirror::mirror_halted(&err);
                     self.health.set_failing(CHECK_MIRROR, err.to_string());
+                    self.phase.send_replace(Phase::Halted(err.to_string()));
                     shutdown.cancelled().await;
                     return self.close().await;
                 }
@@ -207,6 +238,8 @@ impl Mirror {
         tracing::info!(%position, "Mirroring audit events to the file sink");
         self.health.set_ok(CHECK_MIRROR);
         self.health.expect_beats(CHECK_MIRROR, stale_after);
+        self.phase.send_replace(Phase::CatchingUp);
+        let mut extended_at = Instant::now();
 
         // 2. The loop.
         let mut state = LoopState {
@@ -233,13 +266,17 @@ impl Mirror {
                     }
                 },
             };
+            // A full batch means more is probably waiting: read it while this one is
+            // written. (Whether a short one means "caught up" is decided in `idle`.)
+            let full = batch.events.len() >= self.settings.batch_size;
+            if full && extended_at.elapsed() >= EXTEND_START_EVERY {
+                crate::service::extend_start_timeout(EXTEND_START_EVERY * 3);
+                extended_at = Instant::now();
+            }
             let Some(after) = batch.last_position() else {
                 self.idle(&mut state, &shutdown).await;
                 continue;
             };
-            // A full batch means more is probably waiting: read it while this one is
-            // written.
-            let full = batch.events.len() >= self.settings.batch_size;
             let (written, next) = if full {
                 let (written, next) = tokio::join!(self.write(batch), self.read(after));
                 (written, next.ok())
@@ -435,6 +472,14 @@ impl Mirror {
             Err(_) => None,
         };
         telemetry::mirror::horizon_wait(wait);
+        // Caught up: nothing readable is left and nothing waits behind an open
+        // transaction — or something has waited so long (a long transaction elsewhere
+        // in the cluster) that holding back readiness would help nobody.
+        if *self.phase.borrow() == Phase::CatchingUp
+            && wait.is_none_or(|w| w >= CAUGHT_UP_DESPITE_WAIT)
+        {
+            self.phase.send_replace(Phase::CaughtUp);
+        }
         let timer = if wait.is_some() {
             self.settings.horizon_poll_interval
         } else {
