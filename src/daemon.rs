@@ -70,6 +70,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let reloads = watch::Sender::new(Arc::new(settings)).subscribe();
+    run_with_reloads(reloads, listener, shutdown).await
+}
+
+/// Like [`run`], with settings that may be reloaded while running (see [`crate::reload`]).
+pub async fn run_with_reloads(
+    reloads: watch::Receiver<Arc<Settings>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let settings: Settings = (**reloads.borrow()).clone();
     telemetry::init();
     let health = Arc::new(Health::new());
     let pool = db::pool(&settings.database).await?;
@@ -117,7 +128,8 @@ pub async fn run(
             settings.mirror.clone(),
             settings.file_sink.clone(),
             sink,
-        );
+        )
+        .with_reloads(reloads.clone());
         tasks.spawn(notify_ready(mirror.phase(), shutdown.clone()));
         let token = shutdown.clone();
         mirror_task = Some(tokio::spawn(

@@ -26,6 +26,7 @@ pub mod export;
 pub mod health;
 pub mod http;
 pub mod mirror;
+pub mod reload;
 pub mod retention;
 pub mod sanitize;
 pub mod service;

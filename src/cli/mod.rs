@@ -97,7 +97,7 @@ pub fn main() -> i32 {
             // logged only now.
             crate::telemetry::logging::init(&settings.log);
             settings.log_warnings();
-            dispatch(command, settings)
+            dispatch(command, settings, cli.config.clone())
         }
     }
 }
@@ -108,7 +108,7 @@ pub fn config_error(err: &ConfigError) -> i32 {
     EX_CONFIG
 }
 
-fn dispatch(command: &Command, settings: Settings) -> i32 {
+fn dispatch(command: &Command, settings: Settings, config_file: Option<PathBuf>) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,7 +121,7 @@ fn dispatch(command: &Command, settings: Settings) -> i32 {
     };
     let result = runtime.block_on(async move {
         match command {
-            Command::Run => run::run(settings).await,
+            Command::Run => run::run(settings, config_file).await,
             Command::Migrate => admin::migrate(settings).await,
             Command::Config(_) => unreachable!("handled before loading settings"),
             Command::List(args) => query::list(settings, args).await,

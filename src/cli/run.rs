@@ -1,5 +1,7 @@
 //! `run` (the daemon) and `sink status|rebaseline`.
 
+use std::path::PathBuf;
+
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +28,13 @@ pub struct RebaselineArgs {
     pub yes: bool,
 }
 
-/// `run`
-pub async fn run(settings: Settings) -> anyhow::Result<i32> {
+/// `run`: `config_file` is the `--config` argument, re-read on reload.
+pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Result<i32> {
     let listener = daemon::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(handle_signals(shutdown.clone()));
-    daemon::run(settings, listener, shutdown).await?;
+    let reloads = crate::reload::spawn(config_file, settings, shutdown.clone());
+    daemon::run_with_reloads(reloads, listener, shutdown).await?;
     Ok(0)
 }
 

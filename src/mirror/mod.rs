@@ -32,13 +32,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FileSinkSettings, FsyncPolicy, MirrorSettings, StartFrom};
+use crate::config::{FileSinkSettings, FsyncPolicy, MirrorSettings, Settings, StartFrom};
 use crate::db::cursor::{self, Batch, Position};
 use crate::db::listener::Doorbell;
 use crate::db::DbError;
 use crate::health::Health;
 use crate::sanitize::Sanitizer;
-use crate::sink::{FileSink, Recovery, SinkError};
+use crate::sink::{FileSink, Recovery, SinkError, SinkOptions};
 use crate::telemetry;
 
 /// Readiness check names owned by the mirror.
@@ -163,6 +163,8 @@ pub struct Mirror {
     sink: Arc<Mutex<FileSink>>,
     /// Where the mirror is, for READY.
     phase: watch::Sender<Phase>,
+    /// Reloaded settings, when the daemon reloads its configuration.
+    reloads: Option<watch::Receiver<Arc<Settings>>>,
 }
 
 impl Mirror {
@@ -188,6 +190,34 @@ impl Mirror {
             sink_settings,
             sink: Arc::new(Mutex::new(sink)),
             phase: watch::Sender::new(Phase::Starting),
+            reloads: None,
+        }
+    }
+
+    /// Applies reloaded settings (batch size, timers, fsync policy, rotation and
+    /// retention of files) between batches.
+    pub fn with_reloads(mut self, reloads: watch::Receiver<Arc<Settings>>) -> Self {
+        self.reloads = Some(reloads);
+        self
+    }
+
+    /// Takes reloaded settings, if any arrived since the last batch.
+    async fn apply_reload(&mut self) {
+        let Some(reloads) = self.reloads.as_mut() else {
+            return;
+        };
+        if !reloads.has_changed().unwrap_or(false) {
+            return;
+        }
+        let settings = reloads.borrow_and_update().clone();
+        self.settings = settings.mirror.clone();
+        self.sink_settings = settings.file_sink.clone();
+        let options = SinkOptions::from_settings(&settings.file_sink);
+        let sink = self.sink.clone();
+        if let Err(err) =
+            tokio::task::spawn_blocking(move || lock(&sink).reconfigure(options)).await
+        {
+            tracing::warn!(error = %err, "Cannot apply the reloaded sink settings");
         }
     }
 
@@ -200,7 +230,7 @@ impl Mirror {
     /// position and returns. Transient failures are retried forever; a permanent one
     /// (replaced database) halts mirroring but keeps the process up, not ready.
     pub async fn run(
-        self,
+        mut self,
         recovery: Recovery,
         shutdown: CancellationToken,
     ) -> Result<(), MirrorError> {
@@ -253,6 +283,7 @@ impl Mirror {
         let mut prefetched: Option<Batch> = None;
         while !shutdown.is_cancelled() {
             self.health.beat(CHECK_MIRROR);
+            self.apply_reload().await;
             let batch = match prefetched.take() {
                 Some(batch) => batch,
                 None => match self.read(state.appended).await {

@@ -53,6 +53,8 @@ struct Control {
 
 struct Shared {
     control: Mutex<Control>,
+    /// Delay and retention count; replaced on a configuration reload.
+    config: Mutex<CompressorConfig>,
     wake: Condvar,
     /// The last compression or retention failure, cleared by the next success.
     failure: Mutex<Option<SinkFailure>>,
@@ -84,11 +86,11 @@ impl Compressor {
             }),
             wake: Condvar::new(),
             failure: Mutex::new(None),
+            config: Mutex::new(config),
         });
         let worker = Worker {
             dir,
             clock,
-            config,
             shared: Arc::clone(&shared),
         };
         let thread = std::thread::Builder::new()
@@ -99,6 +101,13 @@ impl Compressor {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// Replaces the delay and retention count (configuration reload), then looks
+    /// at the directory again.
+    pub fn reconfigure(&self, config: CompressorConfig) {
+        *lock(&self.shared.config) = config;
+        self.nudge();
     }
 
     /// Asks the compressor to look at the directory now.
@@ -140,7 +149,6 @@ impl Drop for Compressor {
 struct Worker {
     dir: Arc<SinkDir>,
     clock: Arc<dyn Clock>,
-    config: CompressorConfig,
     shared: Arc<Shared>,
 }
 
@@ -216,12 +224,14 @@ impl Worker {
     /// Compresses every due plain file (oldest first), then applies retention.
     fn pass(&self) -> Result<PassEnd, SinkError> {
         let now = self.clock.now();
+        // A copy: a reload during the pass applies to the next one.
+        let config = lock(&self.shared.config).clone();
         let (plain, mut gz) = rotated_files(&self.dir)?;
         let mut next_due: Option<SystemTime> = None;
         let mut changed = false;
         let mut result = Ok(());
         for key in plain {
-            let due = key.time() + self.config.delay;
+            let due = key.time() + config.delay;
             if now < due {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 continue;
@@ -231,7 +241,7 @@ impl Worker {
             }
             // Retention would delete this file's .gz at once: skip the work.
             let newer_gz = gz.iter().filter(|k| **k > key).count();
-            if newer_gz >= self.config.retention_files {
+            if newer_gz >= config.retention_files {
                 self.dir.unlink(&key.plain_name())?;
                 metrics::file_deleted(&key.plain_name());
                 changed = true;
@@ -250,7 +260,7 @@ impl Worker {
             }
         }
         gz.sort_unstable();
-        let excess = gz.len().saturating_sub(self.config.retention_files);
+        let excess = gz.len().saturating_sub(config.retention_files);
         for key in &gz[..excess] {
             self.dir.unlink(&key.gz_name())?;
             metrics::file_deleted(&key.gz_name());

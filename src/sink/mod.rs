@@ -673,6 +673,23 @@ impl FileSink {
         self.settle(result, now)
     }
 
+    /// Applies reloaded settings: rotation thresholds, fsync policy, compression delay
+    /// and file retention take effect from the next append. The directory and its
+    /// group-bits policy belong to the open directory handle and stay as they are.
+    pub fn reconfigure(&mut self, opts: SinkOptions) {
+        if let Some(compressor) = &self.compressor {
+            compressor.reconfigure(CompressorConfig {
+                delay: opts.compress_delay,
+                retention_files: opts.retention_files,
+            });
+        }
+        self.opts = SinkOptions {
+            dir: self.opts.dir.clone(),
+            allow_group_bits: self.opts.allow_group_bits,
+            ..opts
+        };
+    }
+
     /// The last whole line the sink holds, without its `\n`: where to resume after an
     /// error. After recovery it equals [`Recovery::last_line`].
     pub fn last_line(&self) -> Option<&[u8]> {

@@ -5,6 +5,7 @@
 //! names. Each component has its own submodule; an event function there emits the
 //! log line and the metric together, so every metric name exists once.
 
+pub mod config;
 pub mod logging;
 pub mod mirror;
 pub mod sanitize;

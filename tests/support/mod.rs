@@ -218,6 +218,8 @@ pub struct DaemonConfig {
     pub env: HashMap<String, String>,
     /// Directory for logs.
     pub log_dir: PathBuf,
+    /// `--config PATH`, when set.
+    pub config_file: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -236,12 +238,12 @@ impl DaemonConfig {
             "COMPARTMENT_AUDIT_FILE_SINK_COMPRESS_DELAY".into(),
             "0s".into(),
         );
-        env.insert("COMPARTMENT_AUDIT_LOG_LEVEL".into(), "info".into());
         DaemonConfig {
             database_url: database_url.to_string(),
             sink_dir: Some(sink_dir.to_path_buf()),
             env,
             log_dir: log_dir.to_path_buf(),
+            config_file: None,
         }
     }
 
@@ -262,7 +264,11 @@ impl DaemonConfig {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("COMPARTMENT_DATABASE_URL", &self.database_url)
             .env("COMPARTMENT_AUDIT_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .envs(&self.env)
+            .envs(&self.env);
+        if let Some(file) = &self.config_file {
+            command.arg("--config").arg(file);
+        }
+        command
             .arg("run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -302,6 +308,24 @@ impl Daemon {
             _ => None,
         })
         .await
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hangup(&self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::HUP);
+    }
+
+    /// The value of a metric series (`name{labels}` exactly as rendered), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     /// SIGKILL, and reap.
