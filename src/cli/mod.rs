@@ -68,6 +68,14 @@ pub enum Command {
     /// The file sink's position.
     #[command(subcommand)]
     Sink(run::SinkCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `compartment-auditd man-page > compartment-auditd.1`.
+    ManPage,
 }
 
 /// `config …`
@@ -87,6 +95,27 @@ pub fn main() -> i32 {
     match &cli.command {
         Command::Config(ConfigCommand::Check(args)) => {
             config_cmd::check(cli.config.as_deref(), args)
+        }
+        // Generated from the CLI definition; they need no settings.
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                *shell,
+                &mut command,
+                "compartment-auditd",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        Command::ManPage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("compartment-auditd: cannot write the man page: {err}");
+                    EX_FAILURE
+                }
+            }
         }
         command => {
             let settings = match Settings::load(cli.config.as_deref()) {
@@ -123,7 +152,9 @@ fn dispatch(command: &Command, settings: Settings, config_file: Option<PathBuf>)
         match command {
             Command::Run => run::run(settings, config_file).await,
             Command::Migrate => admin::migrate(settings).await,
-            Command::Config(_) => unreachable!("handled before loading settings"),
+            Command::Config(_) | Command::Completions { .. } | Command::ManPage => {
+                unreachable!("handled before loading settings")
+            }
             Command::List(args) => query::list(settings, args).await,
             Command::Export(args) => query::export(settings, args).await,
             Command::Org(cmd) => admin::org(settings, cmd).await,
