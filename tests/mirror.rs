@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rand::Rng;
 use support::writers::{self, Shapes, Writers};
-use support::{compare_ids, read_sink_ids, read_sink_lines, wait_for, DaemonConfig};
+use support::{
+    compare_ids, read_sink_ids, read_sink_lines, wait_for, wait_for_lines, DaemonConfig,
+};
 
 /// Waits until the sink holds every committed id, then asserts exactly once.
 async fn assert_sink_matches_table(url: &str, sink: &std::path::Path) {
@@ -212,6 +214,7 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
 
     // start_from = now (the default): what exists before the first start is skipped.
     insert_n(db.url(), org, 5).await;
+    writers::wait_until_horizon_passes_all_rows(db.url()).await;
     let daemon = config.spawn();
     assert!(
         daemon.wait_ready(Duration::from_secs(30)).await,
@@ -220,14 +223,7 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
     );
     let before: Vec<i64> = writers::committed_ids(db.url()).await;
     insert_n(db.url(), org, 3).await;
-    assert!(
-        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
-            .len()
-            == 3)
-            .then_some(()))
-        .await
-        .is_some()
-    );
+    assert!(wait_for_lines(&sink, 3, Duration::from_secs(20)).await);
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // Down: no notification reaches anyone.
@@ -241,14 +237,7 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
         .filter(|id| !before.contains(id))
         .collect();
     assert_eq!(expected.len(), 10);
-    assert!(
-        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
-            .len()
-            == 10)
-            .then_some(()))
-        .await
-        .is_some()
-    );
+    assert!(wait_for_lines(&sink, 10, Duration::from_secs(20)).await);
     let (missing, duplicated, unexpected) = compare_ids(&expected, &read_sink_ids(&sink));
     assert!(
         missing.is_empty() && duplicated.is_empty() && unexpected.is_empty(),
@@ -398,14 +387,7 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
         daemon.log_text()
     );
     insert_n(db.url(), org, 2).await;
-    assert!(
-        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
-            .len()
-            == 2)
-            .then_some(()))
-        .await
-        .is_some()
-    );
+    assert!(wait_for_lines(&sink, 2, Duration::from_secs(20)).await);
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // Pretend the sink was set up against another cluster.
@@ -463,14 +445,7 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
         daemon.log_text()
     );
     insert_n(db.url(), org, 1).await;
-    assert!(
-        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
-            .len()
-            == 3)
-            .then_some(()))
-        .await
-        .is_some()
-    );
+    assert!(wait_for_lines(&sink, 3, Duration::from_secs(20)).await);
 }
 
 fn find_key<'a>(value: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
@@ -577,14 +552,7 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
         daemon.log_text()
     );
     insert_n(db.url(), org, 10).await;
-    assert!(
-        wait_for(Duration::from_secs(20), async || (read_sink_ids(&sink)
-            .len()
-            == 10)
-            .then_some(()))
-        .await
-        .is_some()
-    );
+    assert!(wait_for_lines(&sink, 10, Duration::from_secs(20)).await);
 
     // Full: a filler takes every byte left.
     let filler = fs.path.join("filler");

@@ -178,12 +178,33 @@ pub struct PublishedPosition {
     pub position: Position,
 }
 
-/// Publishes a sink's durable position (only ever moves forward).
+/// Publishes a sink's durable position (only ever moves forward, unless the cluster
+/// changed).
 pub async fn publish_position(
     client: &impl GenericClient,
     sink_id: &str,
     system_identifier: &str,
     position: Position,
+) -> Result<(), DbError> {
+    upsert_position(client, sink_id, system_identifier, position, true).await
+}
+
+/// Sets a sink's published position unconditionally (re-baseline only).
+pub async fn reset_position(
+    client: &impl GenericClient,
+    sink_id: &str,
+    system_identifier: &str,
+    position: Position,
+) -> Result<(), DbError> {
+    upsert_position(client, sink_id, system_identifier, position, false).await
+}
+
+async fn upsert_position(
+    client: &impl GenericClient,
+    sink_id: &str,
+    system_identifier: &str,
+    position: Position,
+    forward_only: bool,
 ) -> Result<(), DbError> {
     client
         .execute(
@@ -192,12 +213,12 @@ pub async fn publish_position(
              ON CONFLICT (sink_id) DO UPDATE SET \
                  system_identifier = excluded.system_identifier, \
                  tx = excluded.tx, event_id = excluded.event_id, updated_at = now() \
-             WHERE audit_sink_positions.system_identifier IS DISTINCT FROM excluded.system_identifier \
+             WHERE NOT $5 \
+                OR audit_sink_positions.system_identifier IS DISTINCT FROM excluded.system_identifier \
                 OR (audit_sink_positions.tx, audit_sink_positions.event_id) <= (excluded.tx, excluded.event_id)",
-            &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id],
+            &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id, &forward_only],
         )
-        .await
-        ?;
+        .await?;
     Ok(())
 }
 
@@ -230,25 +251,4 @@ fn parse_xid8(text: &str) -> Result<u64, DbError> {
     text.parse().map_err(|_| DbError::Data {
         reason: format!("not an xid8: {text:?}"),
     })
-}
-
-/// Sets a sink's published position unconditionally (re-baseline only).
-pub async fn reset_position(
-    client: &impl GenericClient,
-    sink_id: &str,
-    system_identifier: &str,
-    position: Position,
-) -> Result<(), DbError> {
-    client
-        .execute(
-            "INSERT INTO audit_sink_positions (sink_id, system_identifier, tx, event_id, updated_at) \
-             VALUES ($1, $2, $3::text::xid8, $4, now()) \
-             ON CONFLICT (sink_id) DO UPDATE SET \
-                 system_identifier = excluded.system_identifier, \
-                 tx = excluded.tx, event_id = excluded.event_id, updated_at = now()",
-            &[&sink_id, &system_identifier, &position.tx.to_string(), &position.id],
-        )
-        .await
-        ?;
-    Ok(())
 }

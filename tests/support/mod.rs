@@ -439,6 +439,15 @@ pub fn read_sink_lines(dir: &Path) -> Vec<serde_json::Value> {
     lines
 }
 
+/// Waits until the sink directory holds exactly `n` lines; false on timeout.
+pub async fn wait_for_lines(dir: &Path, n: usize, timeout: Duration) -> bool {
+    wait_for(timeout, async || {
+        (read_sink_ids(dir).len() == n).then_some(())
+    })
+    .await
+    .is_some()
+}
+
 /// The ids in a sink directory, in file order.
 pub fn read_sink_ids(dir: &Path) -> Vec<i64> {
     read_sink_lines(dir)

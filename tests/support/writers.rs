@@ -219,3 +219,30 @@ pub async fn execute(url: &str, sql: &str) {
     client.batch_execute(sql).await.expect("running SQL");
     driver.abort();
 }
+
+/// Waits until every transaction that wrote a row so far is below the cluster's
+/// visibility horizon — the moment `start_from = now` (or a re-baseline) counts those
+/// rows as "before now". Other tests' open transactions can hold the horizon back for
+/// a while; this waits them out.
+pub async fn wait_until_horizon_passes_all_rows(url: &str) {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connecting to watch the horizon");
+    let driver = tokio::spawn(connection);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(tx) < pg_snapshot_xmin(pg_current_snapshot()), true) FROM audit_events",
+                &[],
+            )
+            .await
+            .expect("reading the horizon");
+        if row.get::<_, bool>(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the horizon did not pass the rows within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    driver.abort();
+}
