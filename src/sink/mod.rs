@@ -241,9 +241,9 @@ pub struct FileSink {
     dir_sync_pending: bool,
     /// The last whole line the sink holds (see [`FileSink::last_line`]).
     last_line: Option<Vec<u8>>,
-    /// The last whole line known durable: what `last_line` falls back to when a
-    /// failed fsync takes back the unsynced tail.
-    durable_last_line: Option<Vec<u8>>,
+    /// The last whole line known to be on disk: what `last_line` falls back to when
+    /// a failed fsync takes back the unsynced tail.
+    synced_last_line: Option<Vec<u8>>,
     /// When the active file was last fsync'd (interval policy).
     last_sync: SystemTime,
     /// Newest rotated name in the directory; new names sort after it, even if the
@@ -350,7 +350,7 @@ impl FileSink {
             truncate_on_reopen: None,
             dir_sync_pending: false,
             last_line: recovery.last_line.clone(),
-            durable_last_line: recovery.last_line.clone(),
+            synced_last_line: recovery.last_line.clone(),
             last_sync: now,
             newest_rotated: inventory.newest_rotated,
             compress_due: Vec::new(),
@@ -423,13 +423,7 @@ impl FileSink {
                         .duration_since(self.last_sync)
                         .map_or(true, |d| d >= self.opts.fsync_interval)
             }
-            FsyncPolicy::Never => {
-                if let Some(active) = self.active.as_mut() {
-                    active.durable_len = active.len;
-                }
-                self.durable_last_line.clone_from(&self.last_line);
-                false
-            }
+            FsyncPolicy::Never => false,
         };
         if sync_now {
             self.sync_active(now)?;
@@ -482,21 +476,21 @@ impl FileSink {
     fn sync_active(&mut self, now: SystemTime) -> Result<(), SinkError> {
         let dir = Arc::clone(&self.dir);
         let active = self.active_file(now)?;
-        if active.durable_len == active.len {
+        if active.synced_len == active.len {
             self.last_sync = now;
             return Ok(());
         }
         match active.sync_data(&dir) {
             Ok(()) => {
                 self.last_sync = now;
-                self.durable_last_line.clone_from(&self.last_line);
+                self.synced_last_line.clone_from(&self.last_line);
                 Ok(())
             }
             Err(e) => {
-                let durable_len = active.durable_len;
+                let synced_len = active.synced_len;
                 self.active = None;
-                self.truncate_on_reopen = Some(durable_len);
-                self.last_line.clone_from(&self.durable_last_line);
+                self.truncate_on_reopen = Some(synced_len);
+                self.last_line.clone_from(&self.synced_last_line);
                 if let Err(reopen) = self.ensure_active(now) {
                     tracing::warn!(error = %reopen, "Could not reopen the active audit file yet.");
                 }
@@ -554,9 +548,18 @@ impl FileSink {
         })
     }
 
+    /// Whether everything appended is durable as the policy defines it.
     fn is_durable(&self) -> bool {
-        self.truncate_on_reopen.is_none()
-            && self.active.as_ref().is_none_or(|a| a.durable_len == a.len)
+        if self.truncate_on_reopen.is_some() {
+            return false;
+        }
+        match self.opts.fsync {
+            // The operator chose not to wait for the disk: written counts.
+            FsyncPolicy::Never => true,
+            FsyncPolicy::Always | FsyncPolicy::Interval => {
+                self.active.as_ref().is_none_or(|a| a.synced_len == a.len)
+            }
+        }
     }
 
     /// Rotates when the active file has reached `rotate_interval`. The mirror calls
@@ -621,6 +624,17 @@ impl FileSink {
                     attempts += 1;
                     key = key.next();
                 }
+                Err(e) if e.io_kind() == std::io::ErrorKind::NotFound => {
+                    // Someone removed audit.ndjson while it was open, and what was
+                    // written to it went with it. Start a new file rather than
+                    // failing every rotation from now on.
+                    tracing::error!(
+                        file = ACTIVE,
+                        "The active audit file was removed from outside; starting a new one."
+                    );
+                    self.active = None;
+                    return Err(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -629,6 +643,11 @@ impl FileSink {
         self.newest_rotated = Some(key);
         self.dir_sync_pending = true;
         metrics::rotated(reason, &key.plain_name(), len);
+        self.compress_due
+            .push(key.time() + self.opts.compress_delay);
+        if let Some(c) = &self.compressor {
+            c.nudge();
+        }
 
         let active = ActiveFile::create(&self.dir, now)?;
         self.active = Some(active);
@@ -636,11 +655,6 @@ impl FileSink {
         self.dir_sync_pending = false;
         if let Some(a) = &self.active {
             record_opened(&self.dir, a);
-        }
-        self.compress_due
-            .push(key.time() + self.opts.compress_delay);
-        if let Some(c) = &self.compressor {
-            c.nudge();
         }
         Ok(())
     }
@@ -727,8 +741,14 @@ fn record_opened(dir: &SinkDir, active: &ActiveFile) {
     }
 }
 
+/// Newlines in a chunk, for the lines metric. Counted per 255 bytes into a `u8`
+/// (which cannot overflow there) because that form vectorises: the plain
+/// `filter().count()` cost a quarter of a batch's time on a fast disk.
 fn count_lines(chunk: &[u8]) -> usize {
-    chunk.iter().filter(|&&b| b == b'\n').count()
+    chunk
+        .chunks(255)
+        .map(|c| usize::from(c.iter().fold(0u8, |n, &b| n + u8::from(b == b'\n'))))
+        .sum()
 }
 
 /// Length of the first line including its `\n` (the whole input if it has none).
@@ -750,8 +770,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_sink_can_move_to_a_blocking_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<FileSink>();
+    }
+
+    #[test]
     fn line_helpers() {
         assert_eq!(count_lines(b"a\nbb\n"), 2);
+        assert_eq!(count_lines(&[b'\n'; 1000]), 1000);
+        assert_eq!(count_lines(&[b'x'; 1000]), 0);
         assert_eq!(first_line_len(b"a\nbb\n"), 2);
         assert_eq!(last_line_of(b"a\nbb\n"), b"bb");
         assert_eq!(last_line_of(b"only\n"), b"only");
