@@ -18,29 +18,37 @@
 //!
 //! Anything else in the directory is foreign and left alone.
 //!
-//! Module map: [`dir`](self) hardens the directory and does every file operation
-//! through its handle; `writer` appends and rolls back; `rotate` (in this file,
-//! [`FileSink`]) renames; `compress` runs the background thread and retention;
-//! `recover` repairs the directory at start; `state` keeps the small durable files.
+//! One job per file: `dir` hardens the directory and does every file operation
+//! through its handle; `writer` appends to the active file and rolls a failed
+//! write back; `rotate` renames; `compress` is the background thread with file
+//! retention; `recover` repairs the directory at start; `state` keeps the small
+//! durable files; `names` says which names are the sink's. This file holds the
+//! public types and [`FileSink`]'s write path.
 //!
 //! # Acknowledgement, and what to do after an error
 //!
 //! [`FileSink::append`] writes a batch and returns [`Appended::durable`]: whether
-//! everything appended so far is now durable under the configured fsync policy. A
-//! successful [`FileSink::sync`], [`FileSink::rotate_now`] or a rotating
-//! [`FileSink::rotate_if_due`] makes everything appended so far durable too.
+//! everything appended so far is durable under the fsync policy — fsync'd under
+//! `always` and `interval`, written under `never`. A successful [`FileSink::sync`],
+//! [`FileSink::rotate_now`] or rotating [`FileSink::rotate_if_due`] makes everything
+//! appended so far durable too. Only then may the caller move its position.
 //!
 //! After any error the sink holds only whole lines, and [`FileSink::last_line`] is
-//! the last of them — the same rule as [`Recovery::last_line`] at start-up. Resume
-//! after it. (A failed write takes back only the failed part of the batch — a batch
-//! that crossed a rotation keeps its first part, which is fsync'd in the rotated
-//! file; a failed fsync takes back everything since the last successful one.)
+//! the last of them — the same rule as [`Recovery::last_line`] at start-up: resume
+//! after it. A failed write takes back only the failed part of the batch (a batch
+//! that crossed a rotation keeps its first part, fsync'd in the rotated file); a
+//! failed fsync takes back everything since the last successful one, because the
+//! kernel may have dropped those pages, and the file is reopened, never fsync'd
+//! again through the same descriptor.
+//!
+//! Rotation always fsyncs the file before renaming it, also under `never`.
 
 mod compress;
 mod dir;
 mod error;
 mod names;
 mod recover;
+mod rotate;
 mod state;
 mod writer;
 
@@ -558,113 +566,6 @@ impl FileSink {
             FsyncPolicy::Never => true,
             FsyncPolicy::Always | FsyncPolicy::Interval => {
                 self.active.as_ref().is_none_or(|a| a.synced_len == a.len)
-            }
-        }
-    }
-
-    /// Rotates when the active file has reached `rotate_interval`. The mirror calls
-    /// this on its timer so that an idle sink still rotates on time. Returns whether
-    /// it rotated (which also made everything appended so far durable).
-    pub fn rotate_if_due(&mut self) -> Result<bool, SinkError> {
-        let now = self.clock.now();
-        let result = self.ensure_active(now).and_then(|()| {
-            self.nudge_if_due(now);
-            self.rotate_if_due_at(now)
-        });
-        self.settle(result, now)
-    }
-
-    fn rotate_if_due_at(&mut self, now: SystemTime) -> Result<bool, SinkError> {
-        let interval = self.opts.rotate_interval;
-        let Some(active) = self.active.as_mut() else {
-            return Ok(false);
-        };
-        if active.age(now) < interval {
-            return Ok(false);
-        }
-        if active.len == 0 {
-            // An empty file is not worth a rotated file: its age restarts instead.
-            active.opened_at = now;
-            record_opened(&self.dir, active);
-            return Ok(false);
-        }
-        self.rotate(RotationReason::Time, now)?;
-        Ok(true)
-    }
-
-    /// Rotates now (reason `manual`), unless the active file is empty.
-    pub fn rotate_now(&mut self) -> Result<(), SinkError> {
-        let now = self.clock.now();
-        let result = self
-            .ensure_active(now)
-            .and_then(|()| self.rotate(RotationReason::Manual, now));
-        self.settle(result, now)
-    }
-
-    /// fsync, rename `audit.ndjson` to the next rotated name (never replacing a
-    /// file), create a new `audit.ndjson`, fsync the directory, wake the compressor.
-    fn rotate(&mut self, reason: RotationReason, now: SystemTime) -> Result<(), SinkError> {
-        let len = self.active_file(now)?.len;
-        if len == 0 {
-            return Ok(());
-        }
-        self.sync_active(now)?;
-        let mut key = match (RotatedKey::at(now), self.newest_rotated) {
-            (k, Some(newest)) if k <= newest => newest.next(),
-            (k, _) => k,
-        };
-        let mut attempts = 0;
-        loop {
-            match self.dir.rename(ACTIVE, &key.plain_name(), true) {
-                Ok(()) => break,
-                // A foreign file squats on the name: take the next one.
-                Err(SinkError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::AlreadyExists && attempts < 1000 =>
-                {
-                    attempts += 1;
-                    key = key.next();
-                }
-                Err(e) if e.io_kind() == std::io::ErrorKind::NotFound => {
-                    // Someone removed audit.ndjson while it was open, and what was
-                    // written to it went with it. Start a new file rather than
-                    // failing every rotation from now on.
-                    tracing::error!(
-                        file = ACTIVE,
-                        "The active audit file was removed from outside; starting a new one."
-                    );
-                    self.active = None;
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        // The old inode is never written again.
-        self.active = None;
-        self.newest_rotated = Some(key);
-        self.dir_sync_pending = true;
-        metrics::rotated(reason, &key.plain_name(), len);
-        self.compress_due
-            .push(key.time() + self.opts.compress_delay);
-        if let Some(c) = &self.compressor {
-            c.nudge();
-        }
-
-        let active = ActiveFile::create(&self.dir, now)?;
-        self.active = Some(active);
-        self.dir.sync()?;
-        self.dir_sync_pending = false;
-        if let Some(a) = &self.active {
-            record_opened(&self.dir, a);
-        }
-        Ok(())
-    }
-
-    fn nudge_if_due(&mut self, now: SystemTime) {
-        let before = self.compress_due.len();
-        self.compress_due.retain(|due| *due > now);
-        if self.compress_due.len() != before {
-            if let Some(c) = &self.compressor {
-                c.nudge();
             }
         }
     }
