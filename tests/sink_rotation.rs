@@ -334,3 +334,37 @@ fn last_line_follows_appends_and_rotations() {
     assert_eq!(sink.last_line().map(id_of), Some(3));
     drop(sink);
 }
+
+#[test]
+fn names_stay_in_write_order_when_the_clock_steps_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sink");
+    let clock = manual_clock();
+    let (mut sink, _) = open(options(&dir), clock.clone());
+    put(&mut sink, &line(1));
+    sink.rotate_now().unwrap();
+    clock.set(start() - Duration::from_secs(3600)); // NTP stepped the clock back
+    put(&mut sink, &line(2));
+    sink.rotate_now().unwrap();
+    sink.close().unwrap();
+
+    // Also across a restart, which learns the newest name from the directory.
+    let (mut sink, _) = open(options(&dir), clock.clone());
+    put(&mut sink, &line(3));
+    sink.rotate_now().unwrap();
+
+    let files = rotated(&dir);
+    assert_eq!(
+        files,
+        [
+            "audit-20260512T091403Z.ndjson",
+            "audit-20260512T091403Z_001.ndjson",
+            "audit-20260512T091403Z_002.ndjson"
+        ]
+    );
+    let order: Vec<u64> = files
+        .iter()
+        .flat_map(|n| ids(&rotated_content(&dir, n)))
+        .collect();
+    assert_eq!(order, [1, 2, 3]);
+}

@@ -33,6 +33,10 @@ const CHUNK: usize = 1 << 20;
 const LEVEL: u32 = 6;
 /// Longest pause after failures before trying again.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The compressor's nice value: the lowest priority. Compression is deferred work
+/// whose only cost when it lags is disk space; when CPU is short, the writer (whose
+/// fsync acknowledges events) must win. Measured in `benches/sink.rs`.
+const NICE: i32 = 19;
 
 /// What the compressor needs to know.
 #[derive(Clone)]
@@ -162,6 +166,10 @@ enum PassEnd {
 
 impl Worker {
     fn run(self) {
+        // On Linux the nice value is per thread, and `None` means the calling one.
+        if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+            tracing::debug!(error = %e, "Could not lower the sink compressor's CPU priority.");
+        }
         let mut failures: u32 = 0;
         loop {
             {

@@ -5,7 +5,7 @@
 //! file found is a leftover, never one in use.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::time::SystemTime;
 
@@ -133,10 +133,7 @@ pub fn repair_active(
         .len();
     let cut = end_of_last_line(&read, len).map_err(|e| dir.err(SinkOp::Read, ACTIVE, e))?;
     if cut < len {
-        let mut fragment = vec![0u8; usize::try_from(len - cut).unwrap_or(usize::MAX)];
-        read.read_exact_at(&mut fragment, cut)
-            .map_err(|e| dir.err(SinkOp::Read, ACTIVE, e))?;
-        let name = keep_fragment(dir, now, &fragment)?;
+        let name = keep_fragment(dir, now, &read, cut, len - cut)?;
         let file = dir.open_append(ACTIVE)?;
         rustix::fs::ftruncate(&file, cut).map_err(|e| dir.err(SinkOp::Truncate, ACTIVE, e))?;
         rustix::fs::fdatasync(&file).map_err(|e| dir.err(SinkOp::Fsync, ACTIVE, e))?;
@@ -152,14 +149,25 @@ pub fn repair_active(
     last_line(&read, cut).map_err(|e| dir.err(SinkOp::Read, ACTIVE, e))
 }
 
-fn keep_fragment(dir: &SinkDir, now: SystemTime, fragment: &[u8]) -> Result<String, SinkError> {
+/// Copies `len` bytes from `offset` of `source` into a new fragment file. Streamed:
+/// a file damaged badly enough to have no newline at all can be large.
+fn keep_fragment(
+    dir: &SinkDir,
+    now: SystemTime,
+    source: &File,
+    offset: u64,
+    len: u64,
+) -> Result<String, SinkError> {
     let mut seq = 0;
     loop {
         let name = names::fragment_name(now, seq);
         match dir.create_new(&name) {
             Ok(mut f) => {
-                f.write_all(fragment)
-                    .and_then(|()| f.sync_all())
+                let mut reader = source;
+                reader
+                    .seek(SeekFrom::Start(offset))
+                    .and_then(|_| io::copy(&mut reader.take(len), &mut f))
+                    .and_then(|_| f.sync_all())
                     .map_err(|e| dir.err(SinkOp::Write, &name, e))?;
                 dir.sync()?;
                 return Ok(name);

@@ -22,9 +22,9 @@ pub struct ActiveFile {
     file: File,
     /// Bytes in the file (the sink is its only writer, so it need not ask the kernel).
     pub len: u64,
-    /// Bytes known to be durable: the length after the last successful fsync (or
-    /// write, under `fsync = "never"`). A failure cuts the file back to here.
-    pub durable_len: u64,
+    /// Bytes known to be on disk: the length after the last successful fsync. A
+    /// failed fsync cuts the file back to here.
+    pub synced_len: u64,
     /// Inode, to tie the `.audit-active.json` record to this file.
     pub inode: u64,
     /// When the file was opened, by the sink's clock (age-based rotation).
@@ -52,7 +52,7 @@ impl ActiveFile {
         Ok(ActiveFile {
             file,
             len: meta.len(),
-            durable_len: meta.len(),
+            synced_len: meta.len(),
             inode: meta.ino(),
             opened_at,
         })
@@ -91,7 +91,7 @@ impl ActiveFile {
                 Ok(())
             }
             Err(e) => {
-                // Some bytes may have landed; the caller truncates back to durable_len.
+                // Some bytes may have landed; the caller cuts the file back.
                 self.len = self
                     .file
                     .metadata()
@@ -108,7 +108,7 @@ impl ActiveFile {
         let result = rustix::fs::fdatasync(&self.file);
         metrics::fsync_observed(started.elapsed());
         result.map_err(|e| dir.err(SinkOp::Fsync, ACTIVE, e))?;
-        self.durable_len = self.len;
+        self.synced_len = self.len;
         Ok(())
     }
 
@@ -116,7 +116,7 @@ impl ActiveFile {
     pub fn truncate(&mut self, dir: &SinkDir, len: u64) -> Result<(), SinkError> {
         rustix::fs::ftruncate(&self.file, len).map_err(|e| dir.err(SinkOp::Truncate, ACTIVE, e))?;
         self.len = len;
-        self.durable_len = self.durable_len.min(len);
+        self.synced_len = self.synced_len.min(len);
         Ok(())
     }
 
