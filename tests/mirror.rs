@@ -48,10 +48,6 @@ async fn assert_sink_matches_table(url: &str, sink: &std::path::Path) {
     );
 }
 
-fn is_sorted(ids: &[i64]) -> bool {
-    ids.windows(2).all(|w| w[0] < w[1])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_committing_out_of_id_order_reach_the_sink_exactly_once() {
     let db = common::TestDb::new().await;
@@ -88,12 +84,11 @@ async fn concurrent_writers_committing_out_of_id_order_reach_the_sink_exactly_on
         "the scenario rolled back"
     );
 
-    assert_sink_matches_table(db.url(), &sink).await;
-    let written = read_sink_ids(&sink);
     assert!(
-        !is_sorted(&written),
-        "ids should have committed out of order at least once (else this test proves nothing)"
+        stats.out_of_order_commits() > 0,
+        "transactions should have committed out of id order at least once (else this test proves nothing)"
     );
+    assert_sink_matches_table(db.url(), &sink).await;
     let text = std::fs::read_to_string(sink.join("audit.ndjson")).unwrap_or_default();
     assert!(!text.contains("never-in-sink"), "a secret reached the sink");
 }
@@ -223,7 +218,7 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
     );
     let before: Vec<i64> = writers::committed_ids(db.url()).await;
     insert_n(db.url(), org, 3).await;
-    assert!(wait_for_lines(&sink, 3, Duration::from_secs(20)).await);
+    assert!(wait_for_lines(&sink, 3, Duration::from_secs(60)).await);
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // Down: no notification reaches anyone.
@@ -237,7 +232,7 @@ async fn events_committed_while_the_daemon_was_down_are_caught_up() {
         .filter(|id| !before.contains(id))
         .collect();
     assert_eq!(expected.len(), 10);
-    assert!(wait_for_lines(&sink, 10, Duration::from_secs(20)).await);
+    assert!(wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
     let (missing, duplicated, unexpected) = compare_ids(&expected, &read_sink_ids(&sink));
     assert!(
         missing.is_empty() && duplicated.is_empty() && unexpected.is_empty(),
@@ -387,7 +382,7 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
         daemon.log_text()
     );
     insert_n(db.url(), org, 2).await;
-    assert!(wait_for_lines(&sink, 2, Duration::from_secs(20)).await);
+    assert!(wait_for_lines(&sink, 2, Duration::from_secs(60)).await);
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // Pretend the sink was set up against another cluster.
@@ -445,7 +440,7 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
         daemon.log_text()
     );
     insert_n(db.url(), org, 1).await;
-    assert!(wait_for_lines(&sink, 3, Duration::from_secs(20)).await);
+    assert!(wait_for_lines(&sink, 3, Duration::from_secs(60)).await);
 }
 
 fn find_key<'a>(value: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
@@ -552,7 +547,7 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
         daemon.log_text()
     );
     insert_n(db.url(), org, 10).await;
-    assert!(wait_for_lines(&sink, 10, Duration::from_secs(20)).await);
+    assert!(wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
 
     // Full: a filler takes every byte left.
     let filler = fs.path.join("filler");
@@ -591,5 +586,55 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
     );
     assert_sink_matches_table(db.url(), &sink).await;
 
+    assert_sink_matches_table(db.url(), &sink).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "512k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let sink = fs.path.join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "4K")
+        .with("COMPARTMENT_AUDIT_FILE_SINK_COMPRESS_DELAY", "1h")
+        .with("COMPARTMENT_AUDIT_FILE_SINK_RETENTION_FILES", "100000")
+        .with("COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE", "300")
+        .spawn();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
+
+    // Leave room for a few 4K files: a 300-line batch (~100K) rotates several times
+    // and then runs out of space in the middle.
+    let filler = fs.path.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        file.sync_all().ok();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len.saturating_sub(24 * 1024)).unwrap();
+        file.sync_all().ok();
+    }
+    insert_n(db.url(), org, 300).await;
+    daemon
+        .wait_not_ready(Duration::from_secs(30))
+        .await
+        .expect("not ready once the disk is full");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        daemon.log_text()
+    );
     assert_sink_matches_table(db.url(), &sink).await;
 }

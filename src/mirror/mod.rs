@@ -331,10 +331,16 @@ impl Mirror {
                     self.maybe_publish(&mut state, false).await;
                     prefetched = next;
                 }
-                Err((err, batch)) => {
-                    telemetry::mirror::mirror_failed("write", &err);
-                    self.health.set_failing(CHECK_SINK, err.to_string());
-                    prefetched = Some(batch);
+                Err(failure) => {
+                    telemetry::mirror::mirror_failed("write", &failure.error);
+                    self.health
+                        .set_failing(CHECK_SINK, failure.error.to_string());
+                    if let Some(written) = failure.written {
+                        // The part before a rotation is fsync'd in the rotated file.
+                        state.appended = written;
+                        state.durable = written;
+                    }
+                    prefetched = Some(failure.rest);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -452,8 +458,11 @@ impl Mirror {
     }
 
     /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
-    /// it is durable; on failure hands the batch back for a retry.
-    async fn write(&self, batch: Batch) -> Result<bool, (MirrorError, Batch)> {
+    /// it is durable. On failure the sink holds whole lines only, ending with
+    /// `last_line()`: when a batch crossed a rotation before failing, its first part is
+    /// already durable in the rotated file, so the failure hands back only the part
+    /// that is not written (and where the written part ends), never the whole batch.
+    async fn write(&self, batch: Batch) -> Result<bool, WriteFailure> {
         let sink = self.sink.clone();
         let sanitizer = self.sanitizer.clone();
         let task = tokio::task::spawn_blocking(move || {
@@ -463,15 +472,24 @@ impl Mirror {
                 telemetry::sanitize::record(&report);
                 crate::event::encode_line(&sanitized, &mut lines);
             }
-            let result = lock(&sink).append(&lines);
-            (result, batch)
+            let mut sink = lock(&sink);
+            let result = sink.append(&lines);
+            let last_id = match &result {
+                Ok(_) => None,
+                Err(_) => sink.last_line().and_then(|line| line_id(line).ok()),
+            };
+            (result, last_id, batch)
         });
-        let (result, batch) = match task.await {
-            Ok(pair) => pair,
+        let (result, last_id, batch) = match task.await {
+            Ok(triple) => triple,
             Err(err) => {
-                // The batch is gone with the panicked task; it will be read again
-                // from the unchanged position.
-                return Err((MirrorError::Worker(err.to_string()), Batch::default()));
+                // The batch is gone with the panicked task; it is read again from the
+                // unchanged position, and the sink's recovery rules hold as ever.
+                return Err(WriteFailure {
+                    error: MirrorError::Worker(err.to_string()),
+                    written: None,
+                    rest: Batch::default(),
+                });
             }
         };
         match result {
@@ -485,7 +503,14 @@ impl Mirror {
                 }
                 Ok(appended.durable)
             }
-            Err(err) => Err((MirrorError::Sink(err), batch)),
+            Err(err) => {
+                let (written, rest) = split_after(batch, last_id);
+                Err(WriteFailure {
+                    error: MirrorError::Sink(err),
+                    written,
+                    rest,
+                })
+            }
         }
     }
 
@@ -601,6 +626,28 @@ impl Mirror {
     }
 }
 
+/// A failed write: what is in the sink, and what is not.
+struct WriteFailure {
+    /// Why it failed.
+    error: MirrorError,
+    /// Position after the part of the batch that did reach the sink, if any.
+    written: Option<Position>,
+    /// The events still to write.
+    rest: Batch,
+}
+
+/// Splits a batch after the event `last_id` (the sink's last whole line), if that
+/// event belongs to the batch: returns the position after the written part and the rest.
+fn split_after(mut batch: Batch, last_id: Option<i64>) -> (Option<Position>, Batch) {
+    let Some(index) = last_id.and_then(|id| batch.events.iter().position(|e| e.id == id)) else {
+        return (None, batch);
+    };
+    let written = batch.positions[index];
+    batch.events.drain(..=index);
+    batch.positions.drain(..=index);
+    (Some(written), batch)
+}
+
 /// Positions of the running loop.
 struct LoopState {
     /// After the last line appended.
@@ -637,4 +684,61 @@ pub fn line_id(line: &[u8]) -> Result<i64, MirrorError> {
 /// Hex SHA-256 of a line.
 pub fn sha256_hex(line: &[u8]) -> String {
     hex::encode(Sha256::digest(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ids: &[i64]) -> Batch {
+        let event = |id| crate::event::AuditEvent {
+            id,
+            occurred_at: chrono::Utc::now(),
+            organization_id: uuid::Uuid::nil(),
+            organization: "acme-dev".into(),
+            event_type: "organization.user.invited".into(),
+            actor_type: "user".into(),
+            actor_id: "usr".into(),
+            actor_email: None,
+            target_type: None,
+            target_id: None,
+            project_id: None,
+            status: "succeeded".into(),
+            metadata: serde_json::json!({}),
+        };
+        Batch {
+            events: ids.iter().map(|id| event(*id)).collect(),
+            positions: ids.iter().map(|id| Position { tx: 100, id: *id }).collect(),
+        }
+    }
+
+    #[test]
+    fn a_failure_after_a_rotation_resends_only_the_unwritten_part() {
+        let (written, rest) = split_after(batch(&[7, 3, 9, 4]), Some(3));
+        assert_eq!(written, Some(Position { tx: 100, id: 3 }));
+        assert_eq!(
+            rest.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![9, 4]
+        );
+        assert_eq!(rest.positions.len(), 2);
+    }
+
+    #[test]
+    fn a_failure_that_wrote_nothing_resends_everything() {
+        // The sink's last line is from an earlier batch (or there is none).
+        for last in [Some(1), None] {
+            let (written, rest) = split_after(batch(&[7, 3]), last);
+            assert_eq!(written, None);
+            assert_eq!(rest.events.len(), 2);
+        }
+    }
+
+    #[test]
+    fn line_ids_come_from_the_line_and_garbage_is_refused() {
+        assert_eq!(line_id(br#"{"id":42,"x":1}"#).unwrap(), 42);
+        assert!(matches!(
+            line_id(b"not json"),
+            Err(MirrorError::UnparsableLastLine)
+        ));
+    }
 }

@@ -18,6 +18,25 @@ pub struct WriterStats {
     pub held_open: AtomicU64,
     /// Connection errors survived (database restarts, terminated backends).
     pub errors: AtomicU64,
+    /// Committed transactions in commit order: (smallest id, largest id).
+    pub commit_log: std::sync::Mutex<Vec<(i64, i64)>>,
+}
+
+impl WriterStats {
+    /// Transactions that committed after another transaction with larger ids had
+    /// committed — the case that defeats an `id > last_id` reader.
+    pub fn out_of_order_commits(&self) -> usize {
+        let log = self.commit_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut highest = i64::MIN;
+        let mut count = 0;
+        for (min, max) in log.iter() {
+            if *min < highest {
+                count += 1;
+            }
+            highest = highest.max(*max);
+        }
+        count
+    }
 }
 
 /// Background writers; stop them with [`Writers::stop`].
@@ -138,7 +157,7 @@ async fn one_transaction(
         )
     };
     let mut tx = client.transaction().await?;
-    insert(&tx, org_id, w, rows).await?;
+    let ids = insert(&tx, org_id, w, rows).await?;
     if savepoint {
         // Rows inserted after a savepoint that is rolled back never commit.
         let sp = tx.savepoint("sp").await?;
@@ -154,6 +173,12 @@ async fn one_transaction(
         stats.rollbacks.fetch_add(1, Ordering::Relaxed);
     } else {
         tx.commit().await?;
+        // The order in which commits return: close enough to commit order for what
+        // the log proves (held transactions commit hundreds of ms after others).
+        if let (Some(min), Some(max)) = (ids.iter().min(), ids.iter().max()) {
+            let mut log = stats.commit_log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push((*min, *max));
+        }
         stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -164,19 +189,20 @@ async fn insert(
     org_id: uuid::Uuid,
     w: usize,
     rows: i32,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query(
             "INSERT INTO audit_events (organization_id, event_type, actor_type, actor_id, actor_email, \
                                        target_type, target_id, metadata) \
              SELECT $1, 'organization.group.updated', 'user', $2, 'writer@example.com', 'group', 'grp_' || g, \
                     jsonb_build_object('group_id', 'grp_' || g, 'group_name', 'writers', \
                                        'changed_fields', jsonb_build_array('name'), 'password', 'never-in-sink') \
-             FROM generate_series(1, $3) g",
+             FROM generate_series(1, $3) g \
+             RETURNING id",
             &[&org_id, &format!("usr_writer_{w}"), &rows],
         )
         .await?;
-    Ok(())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Every id in `audit_events`: after the writers stop, exactly the committed rows.
@@ -241,7 +267,10 @@ pub async fn wait_until_horizon_passes_all_rows(url: &str) {
         if row.get::<_, bool>(0) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the horizon did not pass the rows within 60 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the horizon did not pass the rows within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     driver.abort();
