@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
+use crate::db::json::BoundedJson;
 use crate::db::DbError;
 use crate::event::AuditEvent;
 
@@ -97,7 +98,7 @@ pub async fn read_batch(
             target_id: row.try_get(10)?,
             project_id: row.try_get(11)?,
             status: row.try_get(12)?,
-            metadata: row.try_get(13)?,
+            metadata: row.try_get::<_, BoundedJson>(13)?.0,
         });
     }
     Ok(batch)

@@ -6,6 +6,8 @@
 //!   connection configuration, so the mirror's dedicated `LISTEN` connection (which
 //!   must not come from the pool) connects exactly like the pool does.
 //! - [`migrate`] applies the reference schema's versioned migrations.
+//! - [`json`] reads `json`/`jsonb` columns with a bound on nesting, so one deeply
+//!   nested metadata value cannot fail the reads of every batch or page holding it.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
 //!
@@ -16,6 +18,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod cursor;
+pub mod json;
 pub mod listener;
 pub mod migrate;
 
