@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::listener::{self, ListenerOptions};
 use crate::health::Health;
+use crate::http::api::Api;
 use crate::http::{self, AppState};
 use crate::mirror::Mirror;
 use crate::sanitize::Sanitizer;
@@ -71,6 +72,8 @@ pub async fn run(
     telemetry::init();
     let health = Arc::new(Health::new());
     let pool = db::pool(&settings.database).await?;
+    // One sanitizer for the sink, the list and exports: no surface shows more than another.
+    let sanitizer = Sanitizer::new();
 
     let mut tasks = tokio::task::JoinSet::new();
     health.register(CHECK_DATABASE, "not checked yet");
@@ -110,7 +113,7 @@ pub async fn run(
         let mirror = Mirror::new(
             pool.clone(),
             doorbell,
-            Sanitizer::new(),
+            sanitizer.clone(),
             health.clone(),
             settings.mirror.clone(),
             settings.file_sink.clone(),
@@ -127,6 +130,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         health: health.clone(),
         http: settings.http.clone(),
+        api: Api::new(pool.clone(), sanitizer, &settings.http),
     });
     let http_shutdown = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));

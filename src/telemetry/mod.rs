@@ -5,6 +5,7 @@
 //! names. Each component has its own submodule; an event function there emits the
 //! log line and the metric together, so every metric name exists once.
 
+pub mod api;
 pub mod logging;
 pub mod mirror;
 pub mod sanitize;
@@ -62,6 +63,7 @@ pub fn init() {
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+    api::init();
     mirror::init();
     sanitize::init();
     sink::init();
