@@ -80,7 +80,10 @@ async fn each_filter_alone_and_combined_selects_exactly_its_events() {
         ("event=organization.user.invited".into(), vec![e(1)]),
         ("event=organization.user.*".into(), vec![e(2), e(1)]),
         ("event=organization.auth_settings.*".into(), vec![e(5)]),
-        ("event=organization.*".into(), vec![e(6), e(5), e(4), e(3), e(2), e(1)]),
+        (
+            "event=organization.*".into(),
+            vec![e(6), e(5), e(4), e(3), e(2), e(1)],
+        ),
         ("event=organization.user".into(), vec![]),
         ("actor=usr_a".into(), vec![e(3), e(1)]),
         ("actor=b%40example.com".into(), vec![e(5), e(2)]),
@@ -173,7 +176,12 @@ async fn events_show_core_fields_and_only_allowlisted_metadata() {
 }
 
 /// Walks every page; returns the ids in the order seen.
-async fn walk(server: &Server, token: &str, limit: u32, mut between: impl AsyncFnMut(usize)) -> Vec<i64> {
+async fn walk(
+    server: &Server,
+    token: &str,
+    limit: u32,
+    mut between: impl AsyncFnMut(usize),
+) -> Vec<i64> {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     for page in 0.. {
@@ -233,10 +241,16 @@ async fn pagination_through_a_changing_table_loses_and_repeats_nothing() {
         assert!(unique.contains(id), "event {id} was lost");
     }
     for id in &arrived_older {
-        assert!(unique.contains(id), "older event {id}, inserted during the walk, was lost");
+        assert!(
+            unique.contains(id),
+            "older event {id}, inserted during the walk, was lost"
+        );
     }
     for id in &arrived_newer {
-        assert!(!unique.contains(id), "event {id} newer than the walk's position appeared");
+        assert!(
+            !unique.contains(id),
+            "event {id} newer than the walk's position appeared"
+        );
     }
     // Newest first throughout: occurred_at descending, then id descending.
     let rows = db
@@ -273,7 +287,10 @@ async fn limit_defaults_to_100_and_is_bounded_by_500() {
         .expect("one more event")
         .to_owned();
     let last = server
-        .get(&format!("{EVENTS}?limit=500&cursor={cursor}"), Some(&reader.token))
+        .get(
+            &format!("{EVENTS}?limit=500&cursor={cursor}"),
+            Some(&reader.token),
+        )
         .await;
     assert_eq!(last.event_ids().len(), 1);
     assert_eq!(last.json()["next_cursor"], json!(null));
@@ -288,7 +305,11 @@ async fn limit_defaults_to_100_and_is_bounded_by_500() {
             .get(&format!("{EVENTS}?limit={bad}"), Some(&reader.token))
             .await;
         assert_eq!(response.status, 400, "limit={bad}");
-        assert_eq!(response.json()["error"]["parameter"], "limit", "limit={bad}");
+        assert_eq!(
+            response.json()["error"]["parameter"],
+            "limit",
+            "limit={bad}"
+        );
     }
 }
 
@@ -302,7 +323,11 @@ async fn bad_parameters_get_400_naming_the_parameter() {
         (EVENTS, "from=yesterday", "from"),
         (EVENTS, "to=2026-05-01", "to"),
         (EVENTS, "from=2026-05-01T00:00:00+02:00", "from"),
-        (EVENTS, "from=2026-05-02T00:00:00Z&to=2026-05-01T00:00:00Z", "to"),
+        (
+            EVENTS,
+            "from=2026-05-02T00:00:00Z&to=2026-05-01T00:00:00Z",
+            "to",
+        ),
         (EVENTS, "event=*", "event"),
         (EVENTS, "event=organization.*.invited", "event"),
         (EVENTS, "actor=", "actor"),
@@ -441,7 +466,11 @@ async fn unknown_routes_are_404_other_methods_405_and_health_stays_open() {
     let auth = format!("Bearer {}", reader.token);
     for route in [EVENTS, EXPORT] {
         let response = server
-            .request("POST", route, &[("Authorization", &auth), ("Content-Length", "0")])
+            .request(
+                "POST",
+                route,
+                &[("Authorization", &auth), ("Content-Length", "0")],
+            )
             .await;
         assert_eq!(response.status, 405, "{route}");
         assert_eq!(response.header("allow"), Some("GET"));
@@ -449,8 +478,12 @@ async fn unknown_routes_are_404_other_methods_405_and_health_stays_open() {
     assert_eq!(server.get("/healthz", None).await.status, 200);
     let metrics = server.get("/metrics", None).await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.text().contains("compartment_audit_api_requests_total"));
-    assert!(metrics.text().contains("compartment_audit_exports_in_flight"));
+    assert!(metrics
+        .text()
+        .contains("compartment_audit_api_requests_total"));
+    assert!(metrics
+        .text()
+        .contains("compartment_audit_exports_in_flight"));
 }
 
 #[tokio::test]
@@ -483,7 +516,10 @@ async fn access_control_refuses_every_caller_without_the_permission() {
         // 401: no valid token.
         let unauthorized: Vec<(&str, Vec<(&str, String)>)> = vec![
             ("no header", vec![]),
-            ("basic scheme", vec![("Authorization", "Basic b3BzOmh1bnRlcjI=".into())]),
+            (
+                "basic scheme",
+                vec![("Authorization", "Basic b3BzOmh1bnRlcjI=".into())],
+            ),
             ("no token", vec![("Authorization", "Bearer".into())]),
             ("no scheme", vec![("Authorization", admin.token.clone())]),
             (
@@ -495,15 +531,27 @@ async fn access_control_refuses_every_caller_without_the_permission() {
             ),
             (
                 "unknown token",
-                vec![("Authorization", "Bearer cat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into())],
+                vec![(
+                    "Authorization",
+                    "Bearer cat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                )],
             ),
-            ("not a token", vec![("Authorization", "Bearer hunter2".into())]),
+            (
+                "not a token",
+                vec![("Authorization", "Bearer hunter2".into())],
+            ),
             (
                 "tampered token",
                 vec![("Authorization", format!("Bearer {}x", admin.token))],
             ),
-            ("expired", vec![("Authorization", format!("Bearer {}", expired.token))]),
-            ("revoked", vec![("Authorization", format!("Bearer {}", revoked.token))]),
+            (
+                "expired",
+                vec![("Authorization", format!("Bearer {}", expired.token))],
+            ),
+            (
+                "revoked",
+                vec![("Authorization", format!("Bearer {}", revoked.token))],
+            ),
         ];
         for (case, headers) in unauthorized {
             let headers: Vec<(&str, &str)> =
@@ -538,10 +586,16 @@ async fn access_control_refuses_every_caller_without_the_permission() {
         assert_eq!(response.status, 403, "{missing}");
         assert_eq!(response.body, forbidden_body.body);
         let invalid_slug = route.replace("acme-dev", "Not_A_Slug");
-        assert_eq!(server.get(&invalid_slug, Some(&admin.token)).await.status, 403);
+        assert_eq!(
+            server.get(&invalid_slug, Some(&admin.token)).await.status,
+            403
+        );
 
         // 200: built-in admin and a custom role that lists the permission.
-        for (case, token) in [("built-in admin", &admin.token), ("custom role with it", &auditor.token)] {
+        for (case, token) in [
+            ("built-in admin", &admin.token),
+            ("custom role with it", &auditor.token),
+        ] {
             let response = server.get(route, Some(token)).await;
             assert_eq!(response.status, 200, "{route} {case}: {}", response.text());
         }
@@ -585,9 +639,15 @@ async fn planted_secrets_never_appear_in_list_or_export_output() {
     db.insert_events(&events).await;
     let server = Server::start(&db, |_| {}).await;
     let outputs = [
-        server.get(&format!("{EVENTS}?limit=500"), Some(&reader.token)).await,
-        server.get(&format!("{EXPORT}?format=ndjson"), Some(&reader.token)).await,
-        server.get(&format!("{EXPORT}?format=csv"), Some(&reader.token)).await,
+        server
+            .get(&format!("{EVENTS}?limit=500"), Some(&reader.token))
+            .await,
+        server
+            .get(&format!("{EXPORT}?format=ndjson"), Some(&reader.token))
+            .await,
+        server
+            .get(&format!("{EXPORT}?format=csv"), Some(&reader.token))
+            .await,
     ];
     for output in &outputs {
         assert_eq!(output.status, 200, "{}", output.text());

@@ -31,7 +31,9 @@ impl Server {
         settings.http.addr = "127.0.0.1:0".parse().expect("valid address");
         tweak(&mut settings);
         let listener = daemon::bind(&settings).await.expect("binding port 0");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         settings.http.addr = addr;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -47,6 +49,48 @@ impl Server {
         }
     }
 
+    /// A client of this server (cheap to copy into tasks).
+    pub fn client(&self) -> Client {
+        Client { addr: self.addr }
+    }
+
+    /// `GET path` with an optional bearer token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> HttpResponse {
+        self.client().get(path, token).await
+    }
+
+    /// Any request, with extra headers.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        self.client().request(method, path, headers).await
+    }
+
+    /// Sends `bytes` as they are and reads the answer until the server closes.
+    pub async fn raw(&self, bytes: &[u8]) -> HttpResponse {
+        self.client().raw(bytes).await
+    }
+
+    /// Stops the daemon and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The server.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Client {
     /// `GET path` with an optional bearer token.
     pub async fn get(&self, path: &str, token: Option<&str>) -> HttpResponse {
         let auth = token.map(|token| format!("Bearer {token}"));
@@ -58,8 +102,16 @@ impl Server {
     }
 
     /// Any request, with extra headers.
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -80,12 +132,12 @@ impl Server {
         HttpResponse::parse(&raw)
     }
 
-    /// Stops the daemon and waits for it.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    /// The request head of `GET path` with a bearer token.
+    pub fn head(&self, path: &str, token: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n",
+            self.addr
+        )
     }
 }
 
@@ -110,7 +162,8 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    fn parse(raw: &[u8]) -> HttpResponse {
+    /// Parses a whole response as read from the socket.
+    pub fn parse(raw: &[u8]) -> HttpResponse {
         let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
             return HttpResponse {
                 status: 0,
@@ -141,7 +194,10 @@ impl HttpResponse {
             .find(|(n, _)| n == "content-length")
             .and_then(|(_, v)| v.parse::<usize>().ok())
         {
-            (rest[..rest.len().min(length)].to_vec(), rest.len() >= length)
+            (
+                rest[..rest.len().min(length)].to_vec(),
+                rest.len() >= length,
+            )
         } else {
             (rest.to_vec(), true)
         };
