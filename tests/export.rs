@@ -237,7 +237,7 @@ async fn csv_round_trips_through_a_real_csv_reader_with_formulas_neutralised() {
         ]
     );
     assert_eq!(rows.len(), lines.len() + 1);
-    for (row, line) in rows[1..].iter().zip(&lines) {
+    for (i, (row, line)) in rows[1..].iter().zip(&lines).enumerate() {
         let expected: Vec<String> = [
             &line["id"],
             &line["occurred_at"],
@@ -260,6 +260,10 @@ async fn csv_round_trips_through_a_real_csv_reader_with_formulas_neutralised() {
         // commas, quotes, newlines and non-ASCII byte for byte.
         let metadata: Value = serde_json::from_str(&row[12]).expect("metadata is JSON");
         assert_eq!(metadata, line["metadata"]);
+        // …and equals what was stored, byte for byte.
+        let name = tricky_names[i % tricky_names.len()];
+        assert_eq!(metadata["group_name"], name);
+        assert_eq!(metadata["changed_fields"], json!([name, payloads[i]]));
         for cell in row {
             assert!(
                 !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
