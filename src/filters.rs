@@ -500,7 +500,7 @@ pub fn decode_query(query: &str) -> Result<Vec<(String, String)>, ParamError> {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
         let name = percent_decode(raw_name).ok_or_else(|| {
             ParamError::new(
-                &String::from_utf8_lossy(raw_name.as_bytes()),
+                raw_name,
                 "the parameter name is not valid percent-encoded UTF-8",
             )
         })?;

@@ -420,7 +420,11 @@ async fn concurrent_exports_are_bounded_with_a_429() {
     let token = reader.token.clone();
     let first = tokio::spawn(async move { client.get(EXPORT, Some(&token)).await });
     let waiting = api_support_wait(Duration::from_secs(30), async || {
-        let row = locker
+        // Not on `locker`: inside its transaction pg_stat_activity is a snapshot
+        // taken at first use and would never change.
+        let row = db
+            .client()
+            .await
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
                  WHERE datname = current_database() AND wait_event_type = 'Lock'",

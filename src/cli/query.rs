@@ -265,6 +265,13 @@ pub async fn export(settings: Settings, args: &ExportArgs) -> anyhow::Result<i32
     let target = if args.output.as_os_str() == "-" {
         Target::Stdout
     } else {
+        // Checked up front: the export is recorded before the rename, which would fail.
+        if args.output.is_dir() {
+            anyhow::bail!(
+                "--output {} is a directory; name a file in it",
+                args.output.display()
+            );
+        }
         Target::File(args.output.clone())
     };
     let pool = crate::db::pool(&settings.database).await?;

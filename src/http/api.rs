@@ -355,25 +355,26 @@ impl hyper::body::Body for ExportBody {
             return Poll::Ready(None);
         }
         loop {
-            return match this.chunks.poll_recv(cx) {
-                Poll::Pending => Poll::Pending,
+            match this.chunks.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Message::Chunk(bytes))) => {
-                    Poll::Ready(Some(Ok(Frame::data(bytes))))
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
                 Poll::Ready(Some(Message::Drained(ack))) => {
                     // Being polled again means hyper has taken every earlier chunk.
                     let _ = ack.send(());
-                    continue;
                 }
                 Poll::Ready(Some(Message::Done)) => {
                     this.ended = true;
-                    Poll::Ready(None)
+                    return Poll::Ready(None);
                 }
                 Poll::Ready(None) => {
                     this.ended = true;
-                    Poll::Ready(Some(Err("the export was aborted before completion".into())))
+                    return Poll::Ready(Some(Err(
+                        "the export was aborted before completion".into()
+                    )));
                 }
-            };
+            }
         }
     }
 
