@@ -6,6 +6,7 @@
 //!   connection configuration, so the mirror's dedicated `LISTEN` connection (which
 //!   must not come from the pool) connects exactly like the pool does.
 //! - [`migrate`] applies the reference schema's versioned migrations.
+//! - [`query`] holds the filtered reads of the list and the export.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
 //!
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod cursor;
 pub mod listener;
 pub mod migrate;
+pub mod query;
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpSettings;
 use crate::health::Health;
+use crate::http::api::Api;
 use crate::http::response;
 use crate::http::routes;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Request limits.
     pub http: HttpSettings,
+    /// The `/v1` audit-event API.
+    pub api: Api,
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then lets in-flight
