@@ -18,5 +18,6 @@ pub mod auth;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod stall;
 
 pub use server::{serve, AppState};
