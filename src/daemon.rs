@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::listener::{self, ListenerOptions};
 use crate::health::Health;
+use crate::http::api::Api;
 use crate::http::{self, AppState};
 use crate::mirror::{Mirror, Phase};
 use crate::sanitize::Sanitizer;
@@ -84,6 +85,8 @@ pub async fn run_with_reloads(
     telemetry::init();
     let health = Arc::new(Health::new());
     let pool = db::pool(&settings.database).await?;
+    // One sanitizer for the sink, the list and exports: no surface shows more than another.
+    let sanitizer = Sanitizer::new();
 
     let mut tasks = tokio::task::JoinSet::new();
     health.register(CHECK_DATABASE, "not checked yet");
@@ -123,7 +126,7 @@ pub async fn run_with_reloads(
         let mirror = Mirror::new(
             pool.clone(),
             doorbell,
-            Sanitizer::new(),
+            sanitizer.clone(),
             health.clone(),
             settings.mirror.clone(),
             settings.file_sink.clone(),
@@ -144,6 +147,7 @@ pub async fn run_with_reloads(
     let state = Arc::new(AppState {
         health: health.clone(),
         http: settings.http.clone(),
+        api: Api::new(pool.clone(), sanitizer, &settings.http),
     });
     let http_shutdown = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));

@@ -11,7 +11,9 @@
 //! - [`mirror`] is the one place that joins them: doorbell → read batch → sanitize →
 //!   append → fsync → advance position.
 //! - [`retention`] runs `audit.retention.cleanup` on its cron schedule.
-//! - [`export`] encodes list and export responses (NDJSON, CSV) under the row cap.
+//! - [`filters`] parses and validates the list and export parameters, once for HTTP
+//!   and the command line; [`export`] encodes list and export responses (NDJSON, CSV)
+//!   under the row cap.
 //! - [`http`] serves `/healthz`, `/readyz`, `/metrics` and `/v1`.
 //! - [`config`] loads settings (defaults < file < environment); [`telemetry`] owns
 //!   every metric; [`cli`] is the command line.
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod db;
 pub mod event;
 pub mod export;
+pub mod filters;
 pub mod health;
 pub mod http;
 pub mod mirror;

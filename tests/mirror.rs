@@ -399,14 +399,15 @@ async fn a_replaced_database_halts_mirroring_until_rebaselined() {
     std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
 
     let daemon = config.spawn();
-    let body = daemon
-        .wait_not_ready(Duration::from_secs(30))
-        .await
-        .expect("not ready");
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let message = report["checks"]["mirror"]["message"]
-        .as_str()
-        .unwrap_or_default();
+    // Not ready from the start ("not started yet"); then the identity check fails.
+    let message = wait_for(Duration::from_secs(30), async || {
+        let (status, body) = daemon.get("/readyz")?;
+        let report: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let message = report["checks"]["mirror"]["message"].as_str()?.to_string();
+        (status == 503 && message.contains("database cluster changed")).then_some(message)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no identity failure: {}", daemon.log_text()));
     assert!(
         message.contains("rebaseline"),
         "the failing check says what to do: {message}"

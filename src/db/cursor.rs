@@ -43,6 +43,9 @@ pub struct Batch {
     pub events: Vec<AuditEvent>,
     /// Position of each row, parallel to `events`.
     pub positions: Vec<Position>,
+    /// More rows are readable right now: the read stopped at its row limit or its
+    /// byte budget, not at the end.
+    pub more: bool,
 }
 
 impl Batch {
@@ -54,30 +57,47 @@ impl Batch {
 
 /// Reads up to `limit` rows after `after`, only below the visibility horizon, in one
 /// statement (so horizon and rows share a snapshot).
+///
+/// `max_bytes` bounds what one read pulls into memory: rows are cut once the stored
+/// size of their metadata (`pg_column_size`, so compressed values count compressed)
+/// passes it, but the first row always comes, however large.
 pub async fn read_batch(
     client: &impl GenericClient,
     after: Position,
     limit: i64,
+    max_bytes: i64,
 ) -> Result<Batch, DbError> {
     let rows = client
         .query(
             "SELECT e.id, e.tx::text, e.occurred_at, e.organization_id, \
                     coalesce(o.slug, ''), e.event_type, e.actor_type, e.actor_id, \
                     e.actor_email, e.target_type, e.target_id, e.project_id, e.status, \
-                    e.metadata \
-             FROM audit_events e \
+                    e.metadata, e.fetched \
+             FROM ( \
+                 SELECT e.*, count(*) OVER () AS fetched, \
+                        sum(pg_column_size(e.metadata)) OVER (ORDER BY e.tx, e.id) \
+                            - pg_column_size(e.metadata) AS bytes_before \
+                 FROM audit_events e \
+                 WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
+                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY e.tx, e.id \
+                 LIMIT $3 \
+             ) e \
              LEFT JOIN organizations o ON o.id = e.organization_id \
-             WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
-               AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY e.tx, e.id \
-             LIMIT $3",
-            &[&after.tx.to_string(), &after.id, &limit],
+             WHERE e.bytes_before < $4 \
+             ORDER BY e.tx, e.id",
+            &[&after.tx.to_string(), &after.id, &limit, &max_bytes],
         )
         .await?;
     let mut batch = Batch {
         events: Vec::with_capacity(rows.len()),
         positions: Vec::with_capacity(rows.len()),
+        more: false,
     };
+    if let Some(first) = rows.first() {
+        let fetched: i64 = first.try_get(14)?;
+        batch.more = fetched >= limit || usize::try_from(fetched).is_ok_and(|f| f > rows.len());
+    }
     for row in rows {
         let id: i64 = row.try_get(0)?;
         let tx: String = row.try_get(1)?;

@@ -6,6 +6,7 @@
 //!   connection configuration, so the mirror's dedicated `LISTEN` connection (which
 //!   must not come from the pool) connects exactly like the pool does.
 //! - [`migrate`] applies the reference schema's versioned migrations.
+//! - [`query`] holds the filtered reads of the list and the export.
 //! - [`json`] reads `json`/`jsonb` columns with a bound on nesting, so one deeply
 //!   nested metadata value cannot fail the reads of every batch or page holding it.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
@@ -21,6 +22,7 @@ pub mod cursor;
 pub mod json;
 pub mod listener;
 pub mod migrate;
+pub mod query;
 
 use std::time::Duration;
 

@@ -5,14 +5,19 @@
 //! | `GET /healthz` | `200 {"status":"ok"}` while the process runs |
 //! | `GET /readyz` | `200` when every readiness check passes, else `503`; both with each check in JSON |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /v1/orgs/{org}/audit/events` | the audit-event list ([`api`]) |
+//! | `GET /v1/orgs/{org}/audit/export` | the audit-event export ([`api`]) |
 //! | anything else | `404` (`405` for a known path with another method), JSON error |
 //!
 //! Errors are `{"error":{"code":"…","message":"…"}}`. The server listens on loopback
 //! by default; requests are bounded (head size, header read time, whole-request time,
 //! concurrent connections) so that a slow or hostile client cannot pin it.
 
+pub mod api;
+pub mod auth;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod stall;
 
 pub use server::{serve, AppState};

@@ -2,12 +2,16 @@
 
 use hyper::{header, Method, Request, Response, StatusCode};
 
+use crate::http::api;
 use crate::http::response::{self, Body};
 use crate::http::server::AppState;
 use crate::telemetry;
 
 /// Answers one request.
 pub async fn route<B>(state: &AppState, request: Request<B>) -> Response<Body> {
+    if api::is_api_path(request.uri().path()) {
+        return api::handle(&state.api, request).await;
+    }
     let path = request.uri().path();
     let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if known && request.method() != Method::GET && request.method() != Method::HEAD {

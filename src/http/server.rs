@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpSettings;
 use crate::health::Health;
+use crate::http::api::Api;
 use crate::http::response;
 use crate::http::routes;
+use crate::http::stall::WriteDeadline;
 
 /// Most connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 512;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Request limits.
     pub http: HttpSettings,
+    /// The `/v1` audit-event API.
+    pub api: Api,
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then lets in-flight
@@ -76,7 +80,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             .header_read_timeout(request_timeout.min(Duration::from_secs(10)))
             .max_buf_size(state.http.max_header_bytes.max(8192))
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(
+                TokioIo::new(WriteDeadline::new(stream, request_timeout)),
+                service,
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

@@ -65,6 +65,11 @@ const CAUGHT_UP_DESPITE_WAIT: Duration = Duration::from_secs(30);
 /// During a catch-up, ask the service manager for more start time this often.
 const EXTEND_START_EVERY: Duration = Duration::from_secs(10);
 
+/// What one read may pull into memory (stored metadata bytes; the first row always
+/// comes). With the batch being written and the next one read ahead, about twice this
+/// is in flight at most, which keeps a catch-up's memory flat however large the rows.
+const MAX_BATCH_BYTES: i64 = 8 * 1024 * 1024;
+
 /// How often the durable position is published to the database at most.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -299,7 +304,7 @@ impl Mirror {
             };
             // A full batch means more is probably waiting: read it while this one is
             // written. (Whether a short one means "caught up" is decided in `idle`.)
-            let full = batch.events.len() >= self.settings.batch_size;
+            let full = batch.more;
             if full && extended_at.elapsed() >= EXTEND_START_EVERY {
                 crate::service::extend_start_timeout(EXTEND_START_EVERY * 3);
                 extended_at = Instant::now();
@@ -454,7 +459,7 @@ impl Mirror {
     async fn read(&self, after: Position) -> Result<Batch, MirrorError> {
         let client = self.client().await?;
         let limit = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
-        Ok(cursor::read_batch(&**client, after, limit).await?)
+        Ok(cursor::read_batch(&**client, after, limit, MAX_BATCH_BYTES).await?)
     }
 
     /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
@@ -709,6 +714,7 @@ mod tests {
         Batch {
             events: ids.iter().map(|id| event(*id)).collect(),
             positions: ids.iter().map(|id| Position { tx: 100, id: *id }).collect(),
+            more: false,
         }
     }
 

@@ -5,6 +5,7 @@
 //! names. Each component has its own submodule; an event function there emits the
 //! log line and the metric together, so every metric name exists once.
 
+pub mod api;
 pub mod config;
 pub mod logging;
 pub mod mirror;
@@ -63,6 +64,8 @@ pub fn init() {
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+    api::init();
+    config::init();
     mirror::init();
     sanitize::init();
     sink::init();
