@@ -275,9 +275,9 @@ async fn rows_with_odd_metadata_become_whole_sanitized_lines_and_mirroring_goes_
 
     assert!(
         wait_for_lines(&sink, ids.len(), LINES_WAIT).await,
-        "the sink holds {} of {} lines (horizon wait {:?} s); the daemon log:\n{}",
-        read_sink_ids(&sink).len(),
-        ids.len(),
+        "the sink holds {:?}, not {:?} (horizon wait {:?} s); the daemon log:\n{}",
+        read_sink_ids(&sink),
+        ids,
         daemon.metric("compartment_audit_mirror_horizon_wait_seconds"),
         daemon.log_text()
     );

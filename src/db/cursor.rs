@@ -61,6 +61,9 @@ impl Batch {
 /// `max_bytes` bounds what one read pulls into memory: rows are cut once the stored
 /// size of their metadata (`pg_column_size`, so compressed values count compressed)
 /// passes it, but the first row always comes, however large.
+/// SQL `NULL` metadata (which a producer's schema may allow) counts as 0 bytes: a
+/// `NULL` size would make the row's `bytes_before` `NULL`, drop it from the result and
+/// let the position move past it — a lost event.
 pub async fn read_batch(
     client: &impl GenericClient,
     after: Position,
@@ -75,8 +78,8 @@ pub async fn read_batch(
                     e.metadata, e.fetched \
              FROM ( \
                  SELECT e.*, count(*) OVER () AS fetched, \
-                        sum(pg_column_size(e.metadata)) OVER (ORDER BY e.tx, e.id) \
-                            - pg_column_size(e.metadata) AS bytes_before \
+                        sum(coalesce(pg_column_size(e.metadata), 0)) OVER (ORDER BY e.tx, e.id) \
+                            - coalesce(pg_column_size(e.metadata), 0) AS bytes_before \
                  FROM audit_events e \
                  WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
                    AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
