@@ -135,7 +135,13 @@ fn other_name(u: &mut Unstructured) -> Result<String> {
         4 => ".audit.lock".to_owned(),
         _ => {
             let name: String = u.arbitrary()?;
-            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            // Only names the filesystem can hold: NAME_MAX is 255 bytes.
+            if name.is_empty()
+                || name.len() > 255
+                || name == "."
+                || name == ".."
+                || name.contains(['/', '\0'])
+            {
                 "foreign.txt".to_owned()
             } else {
                 name
