@@ -216,6 +216,8 @@ impl Mirror {
             published_at: Instant::now(),
             last_sync: Instant::now(),
             system_identifier,
+            start: position,
+            start_line: recovery.last_line.clone(),
         };
         let mut prefetched: Option<Batch> = None;
         while !shutdown.is_cancelled() {
@@ -234,7 +236,9 @@ impl Mirror {
                 },
             };
             let Some(after) = batch.last_position() else {
-                self.idle(&mut state, &shutdown).await;
+                if let Err(err) = self.idle(&mut state, &shutdown).await {
+                    return self.halt(err, &shutdown).await;
+                }
                 continue;
             };
             // A full batch means more is probably waiting: read it while this one is
@@ -259,14 +263,24 @@ impl Mirror {
                         // Documented: with `never`, appended counts as durable.
                         state.durable = after;
                     }
-                    self.maybe_sync(&mut state, false).await;
+                    let moved = match self.maybe_sync(&mut state, false, &shutdown).await {
+                        Ok(moved) => moved,
+                        Err(err) => return self.halt(err, &shutdown).await,
+                    };
                     self.maybe_publish(&mut state, false).await;
-                    prefetched = next;
+                    // A failed fsync took lines back: what was read after them is stale.
+                    prefetched = if moved { None } else { next };
                 }
                 Err((err, batch)) => {
                     telemetry::mirror::mirror_failed("write", &err);
                     self.health.set_failing(CHECK_SINK, err.to_string());
-                    prefetched = Some(batch);
+                    prefetched = match self
+                        .resume_after_sink_error(&mut state, Some(batch), &shutdown)
+                        .await
+                    {
+                        Ok(rest) => rest,
+                        Err(err) => return self.halt(err, &shutdown).await,
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -275,8 +289,9 @@ impl Mirror {
             }
         }
 
-        // 3. Drain: make what was appended durable and say so.
-        self.maybe_sync(&mut state, true).await;
+        // 3. Drain: make what was appended durable and say so. (A failure here leaves
+        // the sink's files as the position; the next start resumes from them.)
+        let _ = self.maybe_sync(&mut state, true, &shutdown).await;
         self.maybe_publish(&mut state, true).await;
         tracing::info!(position = %state.durable, "The mirror stopped");
         self.close().await
@@ -423,9 +438,16 @@ impl Mirror {
 
     /// Waits for something to do: the doorbell, the safety timer, or a short re-poll
     /// while rows wait behind an open transaction.
-    async fn idle(&self, state: &mut LoopState, shutdown: &CancellationToken) {
-        // Nothing to read: a good moment to make everything durable and say so.
-        self.maybe_sync(state, true).await;
+    async fn idle(
+        &self,
+        state: &mut LoopState,
+        shutdown: &CancellationToken,
+    ) -> Result<(), MirrorError> {
+        // Nothing to read: a good moment to make everything durable and say so. A
+        // failed fsync moves `state.appended` back; the next read starts there.
+        if self.maybe_sync(state, true, shutdown).await? {
+            return Ok(());
+        }
         self.maybe_publish(state, true).await;
         let wait = match self.client().await {
             Ok(client) => cursor::horizon_wait(&**client, state.appended)
@@ -445,29 +467,140 @@ impl Mirror {
             _ = self.doorbell.rings.notified() => {}
             _ = tokio::time::sleep(timer) => {}
         }
+        Ok(())
     }
 
-    /// Fsyncs appended lines when the interval policy says so (or `force`).
-    async fn maybe_sync(&self, state: &mut LoopState, force: bool) {
+    /// Fsyncs appended lines when the interval policy says so (or `force`). Returns
+    /// whether a failed fsync moved `state.appended` back.
+    async fn maybe_sync(
+        &self,
+        state: &mut LoopState,
+        force: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, MirrorError> {
         if state.durable == state.appended {
-            return;
+            return Ok(false);
         }
         let due = state.last_sync.elapsed() >= self.sink_settings.fsync_interval;
         if !(force || due) {
-            return;
+            return Ok(false);
         }
         let sink = self.sink.clone();
         match tokio::task::spawn_blocking(move || lock(&sink).sync()).await {
             Ok(Ok(())) => {
                 state.durable = state.appended;
                 state.last_sync = Instant::now();
+                Ok(false)
             }
             Ok(Err(err)) => {
                 telemetry::mirror::mirror_failed("sync", &err);
                 self.health.set_failing(CHECK_SINK, err.to_string());
+                // The sink took back everything since its last good fsync.
+                let before = state.appended;
+                self.resume_after_sink_error(state, None, shutdown).await?;
+                Ok(state.appended != before)
             }
-            Err(err) => telemetry::mirror::mirror_failed("sync", &err),
+            Err(err) => {
+                telemetry::mirror::mirror_failed("sync", &err);
+                Ok(false)
+            }
         }
+    }
+
+    /// After a failed append or fsync the sink holds only whole lines and mirroring
+    /// must resume right after the last of them ([`crate::sink`]): a batch that
+    /// crossed a rotation keeps its first part (fsync'd in the rotated file), a failed
+    /// fsync takes back everything since the last good one. Resuming from the
+    /// position held before the failure would write the kept part twice, or skip the
+    /// part taken back. Moves `state.appended` there and returns what of `batch` is
+    /// still to be written (`None`: read again from the new position).
+    async fn resume_after_sink_error(
+        &self,
+        state: &mut LoopState,
+        batch: Option<Batch>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Batch>, MirrorError> {
+        let last = lock(&self.sink).last_line().map(<[u8]>::to_vec);
+        let at = if last == state.start_line {
+            // Nothing written since the start remains.
+            state.start
+        } else {
+            let Some(line) = last else {
+                // The sink had lines at the start and can only take back lines written
+                // since: an empty sink now means it is not what we opened.
+                return Err(MirrorError::UnparsableLastLine);
+            };
+            let id = line_id(&line)?;
+            if let Some(mut batch) = batch {
+                if let Some(i) = batch.events.iter().position(|e| e.id == id) {
+                    // Kept up to and including row `i`: write only the rest.
+                    state.appended = batch.positions[i];
+                    let rest = Batch {
+                        events: batch.events.split_off(i + 1),
+                        positions: batch.positions.split_off(i + 1),
+                    };
+                    return Ok((!rest.events.is_empty()).then_some(rest));
+                }
+                if id == state.appended.id {
+                    // Nothing of the batch was kept: write it whole again.
+                    return Ok(Some(batch));
+                }
+            }
+            if id == state.appended.id {
+                state.appended
+            } else if id == state.durable.id {
+                state.durable
+            } else {
+                match self.locate(id, shutdown).await? {
+                    Some(at) => at,
+                    None => return Ok(None), // Shutting down.
+                }
+            }
+        };
+        if at < state.durable {
+            // Durable lines are never taken back; a position before them means the
+            // directory changed under us.
+            return Err(MirrorError::UnknownLastLine { id: at.id });
+        }
+        state.appended = at;
+        Ok(None)
+    }
+
+    /// The position of the sink line with event `id`, retried until the database
+    /// answers (`None`: shutting down meanwhile).
+    async fn locate(
+        &self,
+        id: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Position>, MirrorError> {
+        let mut backoff =
+            crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
+        loop {
+            let found = match self.client().await {
+                Ok(client) => cursor::position_of(&**client, id)
+                    .await
+                    .map_err(MirrorError::from),
+                Err(err) => Err(err),
+            };
+            match found {
+                Ok(Some(at)) => return Ok(Some(at)),
+                Ok(None) => return Err(MirrorError::UnknownLastLine { id }),
+                Err(err) => telemetry::mirror::mirror_failed("locate", &err),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Stops mirroring after an error that needs an operator; the process stays up,
+    /// not ready, until shutdown.
+    async fn halt(self, err: MirrorError, shutdown: &CancellationToken) -> Result<(), MirrorError> {
+        telemetry::mirror::mirror_halted(&err);
+        self.health.set_failing(CHECK_MIRROR, err.to_string());
+        shutdown.cancelled().await;
+        self.close().await
     }
 
     /// Publishes the durable position when it moved (at most every second unless `force`).
@@ -539,6 +672,11 @@ struct LoopState {
     last_sync: Instant,
     /// The cluster we mirror.
     system_identifier: String,
+    /// Where mirroring started, and the sink's last line then: resuming there is
+    /// right when every line written since has been taken back.
+    start: Position,
+    /// See `start`.
+    start_line: Option<Vec<u8>>,
 }
 
 fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {
