@@ -592,11 +592,19 @@ async fn scenario(
             problems.push(format!("a fault task failed: {err}"));
         }
     }
-    let (daemon, unexpected_exits) = match supervisor.await {
-        Ok(pair) => pair,
+    let Supervised {
+        daemon,
+        unexpected: unexpected_exits,
+        resumes,
+    } = match supervisor.await {
+        Ok(supervised) => supervised,
         Err(e) => {
             problems.push(format!("the daemon supervisor panicked: {e}"));
-            (base.spawn(), Vec::new())
+            Supervised {
+                daemon: base.spawn(),
+                unexpected: Vec::new(),
+                resumes: Vec::new(),
+            }
         }
     };
     for exit in &unexpected_exits {
@@ -636,6 +644,7 @@ async fn scenario(
         .expect("inspecting the sink");
     tally.set(FaultKind::Rotation, inspection.rotated as u64);
     problems.extend(inspection.problems.iter().cloned());
+    let resumes_checked = check_resumes(&resumes, problems);
     let figures = judge(&truth, &inspection, &ledger, problems);
     for kind in tally.below(options.min_faults) {
         problems.push(format!(
@@ -647,7 +656,8 @@ async fn scenario(
         ));
     }
     println!(
-        "chaos: faults for {:.0}s, caught up {:.1}s after; writers: {} commits acknowledged, {} rolled back, \
+        "chaos: faults for {:.0}s, caught up {:.1}s after; published position never ahead of the files \
+         ({resumes_checked} kills checked); writers: {} commits acknowledged, {} rolled back, \
          {} savepoints rolled back, {} held open, {} bulk, {} outcome unknown, {} connection errors; \
          sink: {} files, {} torn tails cut at start-up, {} temp files left, {:.1} MiB",
         fault_phase.as_secs_f64(),
@@ -994,9 +1004,10 @@ async fn supervise_daemon(
     mut rng: StdRng,
     tally: Arc<FaultTally>,
     stop: CancellationToken,
-) -> (Daemon, Vec<String>) {
+) -> Supervised {
     let mut daemon = first;
     let mut unexpected = Vec::new();
+    let mut resumes = Vec::new();
     loop {
         let lifetime = Duration::from_millis(pick(&mut rng, &pacing.daemon_lifetime));
         let born = Instant::now();
@@ -1023,13 +1034,77 @@ async fn supervise_daemon(
             continue;
         }
         if stop.is_cancelled() {
-            return (daemon, unexpected);
+            return Supervised {
+                daemon,
+                unexpected,
+                resumes,
+            };
         }
         daemon.kill();
         tally.add(FaultKind::DaemonKill);
+        // What the dead daemon had acknowledged (unknown while PostgreSQL is down).
+        let published = published_position(&base.database_url).await;
         tokio::time::sleep(Duration::from_millis(pick(&mut rng, &pacing.daemon_down))).await;
         daemon = spawn_varied(&base, &mut rng);
+        if let Some(published) = published {
+            resumes.push((published, daemon.log.clone()));
+        }
     }
+}
+
+/// What the daemon supervisor hands back.
+struct Supervised {
+    /// The daemon running now.
+    daemon: Daemon,
+    /// Exits nobody asked for.
+    unexpected: Vec<String>,
+    /// After each kill: the position the killed daemon had published, and the log of
+    /// the daemon started next (which says where it resumed, derived from the files).
+    resumes: Vec<((u64, i64), PathBuf)>,
+}
+
+/// The position published in `audit_sink_positions`, if the database answers.
+async fn published_position(url: &str) -> Option<(u64, i64)> {
+    let client = connect(url).await.ok()?;
+    let row = client
+        .query_opt(
+            "SELECT tx::text, event_id FROM audit_sink_positions LIMIT 1",
+            &[],
+        )
+        .await
+        .ok()??;
+    Some((row.get::<_, String>(0).parse().ok()?, row.get(1)))
+}
+
+/// §7.3, durable before acknowledged: a killed daemon's published position must
+/// never be ahead of what its files hold, i.e. of where the next daemon resumes
+/// (its log line `Mirroring audit events to the file sink position=(tx T, id I)`).
+/// Returns how many kills were checked (a daemon killed before it logged its
+/// position is not), pushing violations to `problems`.
+fn check_resumes(resumes: &[((u64, i64), PathBuf)], problems: &mut Vec<String>) -> usize {
+    let mut checked = 0;
+    for (published, log) in resumes {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let Some(resumed) = text
+            .lines()
+            .find(|l| l.contains("Mirroring audit events to the file sink"))
+            .and_then(|l| l.split_once("position=(tx "))
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .and_then(|(inner, _)| inner.split_once(", id "))
+            .and_then(|(tx, id)| Some((tx.parse::<u64>().ok()?, id.parse::<i64>().ok()?)))
+        else {
+            continue;
+        };
+        checked += 1;
+        if resumed < *published {
+            problems.push(format!(
+                "published position {published:?} was ahead of the files: the next daemon resumed at \
+                 {resumed:?} ({})",
+                log.display()
+            ));
+        }
+    }
+    checked
 }
 
 /// A daemon with a random batch size, fsync policy and compression delay: the
