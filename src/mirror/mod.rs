@@ -110,6 +110,12 @@ pub enum MirrorError {
     /// A blocking task panicked.
     #[error("the sink worker stopped unexpectedly: {0}")]
     Worker(String),
+    /// After a failed write the sink's lines no longer match what the mirror knows
+    /// it wrote durably; only a restart (which reads the files) can tell where to resume.
+    #[error(
+        "the sink directory changed under the daemon ({0}); restart the daemon to resume from its files"
+    )]
+    SinkChanged(String),
 }
 
 impl MirrorError {
@@ -121,6 +127,7 @@ impl MirrorError {
                 | MirrorError::UnknownLastLine { .. }
                 | MirrorError::UnparsableLastLine
                 | MirrorError::BadState(_)
+                | MirrorError::SinkChanged(_)
         )
     }
 }
@@ -528,7 +535,9 @@ impl Mirror {
             let Some(line) = last else {
                 // The sink had lines at the start and can only take back lines written
                 // since: an empty sink now means it is not what we opened.
-                return Err(MirrorError::UnparsableLastLine);
+                return Err(MirrorError::SinkChanged(
+                    "it holds no line, but held some at the start".into(),
+                ));
             };
             let id = line_id(&line)?;
             if let Some(mut batch) = batch {
@@ -558,9 +567,11 @@ impl Mirror {
             }
         };
         if at < state.durable {
-            // Durable lines are never taken back; a position before them means the
-            // directory changed under us.
-            return Err(MirrorError::UnknownLastLine { id: at.id });
+            // Durable lines are never taken back.
+            return Err(MirrorError::SinkChanged(format!(
+                "its last line is at {at}, before the durable position {}",
+                state.durable
+            )));
         }
         state.appended = at;
         Ok(None)
