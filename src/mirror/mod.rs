@@ -381,7 +381,7 @@ impl Mirror {
     async fn read(&self, after: Position) -> Result<Batch, MirrorError> {
         let client = self.client().await?;
         let limit = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
-        Ok(cursor::read_batch(&**client, after, limit).await?)
+        Ok(cursor::read_batch(&client, after, limit).await?)
     }
 
     /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
@@ -433,7 +433,7 @@ impl Mirror {
         // interval, and wake up when the pending position falls due.
         self.maybe_publish(state, false).await;
         let wait = match self.client().await {
-            Ok(client) => cursor::horizon_wait(&**client, state.appended)
+            Ok(client) => cursor::horizon_wait(&client, state.appended)
                 .await
                 .ok()
                 .flatten(),
