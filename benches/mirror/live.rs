@@ -226,6 +226,11 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         ],
     );
     let wal_p99 = quantile(&wal_latency.sorted, 0.99).unwrap_or(f64::NAN);
+    let daemon_label = if ctx.settings.is_empty() {
+        "compartment-auditd (defaults)"
+    } else {
+        "compartment-auditd (defaults + --set)"
+    };
     let lat_row = |name: &str, l: &Latency, drained: Option<Duration>| {
         let q = |p| quantile(&l.sorted, p).map_or("-".into(), ms);
         vec![
@@ -248,11 +253,7 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         &wal_latency,
         drained_wal,
     ));
-    table.row(lat_row(
-        "compartment-auditd (defaults)",
-        &sink_latency,
-        drained_sink,
-    ));
+    table.row(lat_row(daemon_label, &sink_latency, drained_sink));
     let lag = daemon::histogram_delta(&before, &after, "compartment_audit_mirror_lag_seconds");
     let fsync = daemon::histogram_delta(
         &before,

@@ -49,10 +49,14 @@ impl BenchDatabase {
     pub async fn create(server_url: &str, name: &str, bin: &Path) -> anyhow::Result<Self> {
         let admin_url = with_database(server_url, "postgres")?;
         let admin = connect(&admin_url).await?;
+        // Two statements: several in one string would run as one transaction, which
+        // DROP/CREATE DATABASE refuse.
         admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .with_context(|| format!("dropping a leftover database {name}"))?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .with_context(|| format!("creating database {name}"))?;
         let url = with_database(server_url, name)?;
