@@ -33,6 +33,9 @@ pub struct Config {
     pub window: Duration,
     /// Concurrent writers.
     pub writers: usize,
+    /// The daemon's fsync policies to run with, one live run each (`always` is the
+    /// default; `interval` comes closest to pg_recvlogical's own fsync every 10 s).
+    pub fsync: Vec<&'static str>,
 }
 
 /// One point of the backlog time series.
@@ -52,12 +55,22 @@ struct Point {
 
 /// Runs the scenario and prints its tables.
 pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
-    progress("Live: starting a private PostgreSQL instance with wal_level=logical");
+    for fsync in &config.fsync {
+        run_once(ctx, config, fsync).await?;
+    }
+    Ok(())
+}
+
+/// One live run on a fresh private instance, the daemon with fsync policy `fsync`.
+async fn run_once(ctx: &Context, config: &Config, fsync: &str) -> anyhow::Result<()> {
+    progress(format!(
+        "Live (fsync {fsync}): starting a private PostgreSQL instance with wal_level=logical"
+    ));
     let server = PrivatePostgres::start()?;
     let url = server.create_database("bench_live", &ctx.bin).await?;
     let client = pg::connect(&url).await?;
     data::prepare(&client).await?;
-    let dir = ctx.work.join("live");
+    let dir = ctx.work.join(format!("live-{fsync}"));
     std::fs::create_dir_all(&dir)?;
 
     // pg_recvlogical + wal2json, as its documentation suggests running it.
@@ -102,7 +115,7 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         sink_dir: &dir.join("sink"),
         log: dir.join("daemon.log"),
         overrides: &ctx.settings,
-        env: vec![],
+        env: vec![("COMPARTMENT_AUDIT_FILE_SINK_FSYNC", fsync.to_string())],
     })?;
     daemon.wait_ready(Duration::from_secs(30))?;
     wait_streaming(&client, &mut recv.0).await?;
@@ -207,7 +220,7 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
 
     let mut table = Table::new(
         format!(
-            "Live: {} writers, single-event transactions, {window:.0} s — commit → line visible in the file",
+            "Live, daemon fsync {fsync}: {} writers, single-event transactions, {window:.0} s — commit → line visible in the file",
             config.writers
         ),
         &[
@@ -226,11 +239,21 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         ],
     );
     let wal_p99 = quantile(&wal_latency.sorted, 0.99).unwrap_or(f64::NAN);
-    let daemon_label = if ctx.settings.is_empty() {
-        "compartment-auditd (defaults)"
-    } else {
-        "compartment-auditd (defaults + --set)"
-    };
+    let daemon_label = format!(
+        "compartment-auditd ({}{})",
+        if fsync == "always" {
+            "defaults: fsync per batch"
+        } else if fsync == "interval" {
+            "fsync every 1 s"
+        } else {
+            "fsync never"
+        },
+        if ctx.settings.is_empty() {
+            ""
+        } else {
+            ", --set"
+        }
+    );
     let lat_row = |name: &str, l: &Latency, drained: Option<Duration>| {
         let q = |p| quantile(&l.sorted, p).map_or("-".into(), ms);
         vec![
@@ -253,16 +276,16 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         &wal_latency,
         drained_wal,
     ));
-    table.row(lat_row(daemon_label, &sink_latency, drained_sink));
+    table.row(lat_row(&daemon_label, &sink_latency, drained_sink));
     let lag = daemon::histogram_delta(&before, &after, "compartment_audit_mirror_lag_seconds");
-    let fsync = daemon::histogram_delta(
+    let fsync_durations = daemon::histogram_delta(
         &before,
         &after,
         "compartment_audit_sink_fsync_duration_seconds",
     );
     let lag_p99 = daemon::histogram_quantile_bound(&lag, 0.99);
     let lag_within = daemon::histogram_fraction_at_most(&lag, P99_TARGET);
-    let fsync_p99 = daemon::histogram_quantile_bound(&fsync, 0.99);
+    let fsync_p99 = daemon::histogram_quantile_bound(&fsync_durations, 0.99);
     let bound = |b: Option<f64>| b.map_or("-".into(), |b| format!("≤ {} ms", ms(b)));
     table.note(format!(
         "events/s: events visible before the writers stopped ÷ window; committed {:.0}/s. \
@@ -299,8 +322,8 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
     ));
     table.print();
 
-    backlog_table(&points, window, total).print();
-    cost_table(&cost_before, &cost_after, total).print();
+    backlog_table(&points, window, total, fsync).print();
+    cost_table(&cost_before, &cost_after, total, fsync).print();
     Ok(())
 }
 
@@ -403,10 +426,10 @@ fn latencies(commits: &[(i64, Instant)], seen: &[(i64, Instant)]) -> Latency {
 }
 
 /// Does the backlog (committed − delivered) grow over the window?
-fn backlog_table(points: &[Point], window: f64, total: u64) -> Table {
+fn backlog_table(points: &[Point], window: f64, total: u64, fsync: &str) -> Table {
     let rate = total as f64 / window;
     let mut table = Table::new(
-        "Live: backlog (committed − delivered) sampled every 250 ms",
+        format!("Live, daemon fsync {fsync}: backlog (committed − delivered) sampled every 250 ms"),
         &[
             "consumer",
             "mean, 1st third",
@@ -491,7 +514,7 @@ async fn costs(client: &tokio_postgres::Client, daemon: u32, recv: u32) -> anyho
     Ok(out)
 }
 
-fn cost_table(before: &Costs, after: &Costs, events: u64) -> Table {
+fn cost_table(before: &Costs, after: &Costs, events: u64, fsync: &str) -> Table {
     let used = |label: &str| -> f64 {
         after
             .ticks
@@ -502,7 +525,9 @@ fn cost_table(before: &Costs, after: &Costs, events: u64) -> Table {
             / 100.0
     };
     let mut table = Table::new(
-        "Live: CPU seconds over the window (client process + its PostgreSQL backends)",
+        format!(
+            "Live, daemon fsync {fsync}: CPU seconds over the window (client process + its PostgreSQL backends)"
+        ),
         &[
             "consumer",
             "client CPU s",

@@ -47,9 +47,10 @@ struct Options {
     /// Catch-up: rounds; each variant's best round is reported [default: 3, quick: 1].
     #[arg(long)]
     rounds: Option<usize>,
-    /// Catch-up: mirror batch sizes to try [default: 1000,5000,10000; quick: 1000,5000].
-    #[arg(long, value_delimiter = ',')]
-    batch_sizes: Option<Vec<usize>>,
+    /// Catch-up: daemon variants to try, `BATCH_SIZE[/FSYNC_POLICY]`
+    /// [default: 1000,5000,10000,1000/interval; quick: 1000,5000,1000/interval].
+    #[arg(long, value_delimiter = ',', value_parser = catchup::Variant::parse)]
+    variants: Option<Vec<catchup::Variant>>,
     /// Live: how long the writers write, in seconds [default: 30, quick: 10].
     #[arg(long)]
     live_seconds: Option<u64>,
@@ -183,12 +184,24 @@ async fn scenarios(
                     .events
                     .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
                 rounds: options.rounds.unwrap_or(if quick { 1 } else { 3 }),
-                batch_sizes: options.batch_sizes.clone().unwrap_or_else(|| {
-                    if quick {
-                        vec![1000, 5000]
+                variants: options.variants.clone().unwrap_or_else(|| {
+                    let interval = catchup::Variant {
+                        fsync: "interval",
+                        ..catchup::Variant::DEFAULT
+                    };
+                    let sizes: &[usize] = if quick {
+                        &[1000, 5000]
                     } else {
-                        vec![1000, 5000, 10_000]
-                    }
+                        &[1000, 5000, 10_000]
+                    };
+                    sizes
+                        .iter()
+                        .map(|&batch_size| catchup::Variant {
+                            batch_size,
+                            ..catchup::Variant::DEFAULT
+                        })
+                        .chain([interval])
+                        .collect()
                 }),
             };
             catchup::run(ctx, db, &config).await?;
@@ -201,6 +214,11 @@ async fn scenarios(
                     30
                 })),
                 writers: options.writers,
+                fsync: if quick {
+                    vec!["always"]
+                } else {
+                    vec!["always", "interval"]
+                },
             };
             live::run(ctx, &config).await?;
         }
