@@ -7,8 +7,9 @@
 //! baseline recorded in the sink's state file when the sink was first set up (or
 //! re-baselined). Because it is derived from what is on disk, a crash at any point
 //! resumes exactly after the last line written — nothing lost, nothing twice. The
-//! position is also published to the database (at most every second, and when idle)
-//! so that retention never deletes a row the sink has not written.
+//! position is also published to the database (at most every second; when the mirror
+//! falls idle, as soon as that second is up; and on shutdown) so that retention never
+//! deletes a row the sink has not written.
 //!
 //! **Identity.** The state file records the cluster's `system_identifier`. After a
 //! restore into a new cluster, transaction ids restart and the stored position means
@@ -475,7 +476,7 @@ impl Mirror {
     async fn read(&self, after: Position) -> Result<Batch, MirrorError> {
         let client = self.client().await?;
         let limit = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
-        Ok(cursor::read_batch(&**client, after, limit, MAX_BATCH_BYTES).await?)
+        Ok(cursor::read_batch(&client, after, limit, MAX_BATCH_BYTES).await?)
     }
 
     /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
@@ -524,14 +525,18 @@ impl Mirror {
         state: &mut LoopState,
         shutdown: &CancellationToken,
     ) -> Result<(), MirrorError> {
-        // Nothing to read: a good moment to make everything durable and say so. A
-        // failed fsync moves `state.appended` back; the next read starts there.
+        // Nothing to read: a good moment to make everything durable. A failed fsync
+        // moves `state.appended` back; the next read starts there.
         if self.maybe_sync(state, true, shutdown).await? {
             return Ok(());
         }
-        self.maybe_publish(state, true).await;
+        // Publishing is a write transaction (a WAL flush) on the database. Under a
+        // trickle of small commits the mirror runs dry after nearly every batch, so
+        // publishing on every idle turn would add one commit per batch; keep to the
+        // interval, and wake up when the pending position falls due.
+        self.maybe_publish(state, false).await;
         let wait = match self.client().await {
-            Ok(client) => cursor::horizon_wait(&**client, state.appended)
+            Ok(client) => cursor::horizon_wait(&client, state.appended)
                 .await
                 .ok()
                 .flatten(),
@@ -551,6 +556,11 @@ impl Mirror {
         } else {
             self.settings.poll_interval
         };
+        // Zero when publishing just failed: retry on the next wake-up, never spin.
+        let publish_due = (state.published != state.durable)
+            .then(|| PUBLISH_INTERVAL.saturating_sub(state.published_at.elapsed()))
+            .filter(|due| !due.is_zero());
+        let timer = publish_due.map_or(timer, |due| timer.min(due));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = self.doorbell.rings.notified() => {}
