@@ -8,6 +8,8 @@
 //! - [`migrate`] applies the reference schema's versioned migrations.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
+//! - [`retention`] holds the queries of `audit.retention.cleanup`: organizations'
+//!   retention, sink positions, the job's lock and resume point, the batch `DELETE`.
 //!
 //! Connections are plain TCP or Unix sockets: TLS to PostgreSQL is not supported yet,
 //! and a URL that requires it (`sslmode=require`) is refused by [`pg_config`] with a
@@ -15,6 +17,7 @@
 
 pub mod admin;
 pub mod migrate;
+pub mod retention;
 
 use std::time::Duration;
 

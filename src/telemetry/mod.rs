@@ -6,6 +6,7 @@
 //! log line and the metric together, so every metric name exists once.
 
 pub mod logging;
+pub mod retention;
 
 use std::sync::LazyLock;
 
