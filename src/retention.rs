@@ -21,22 +21,28 @@
 //!    held back this way are counted per organization, logged, and the run counts in
 //!    `…_retention_held_back_total`.
 //! 4. **Bounded batches.** Oldest first, at most `cleanup_batch_size` rows per batch,
-//!    each batch its own short transaction, at most `cleanup_max_batches` batches that
-//!    delete something per run; the run stops early when nothing is left.
+//!    at most `cleanup_max_batches` batches that delete something per run; the run
+//!    stops early when nothing is left. A batch is one call of the server-side
+//!    function `audit_retention_delete_batch` (migration 0003): one statement, so one
+//!    short transaction, and one round trip however many organizations it serves.
+//!    Commits are asynchronous on the run's connection: a crash can only undo the
+//!    last few batches, whose rows are still expired and go in the next run.
 //! 5. **Fair sharing.** The organizations with expired rows form a queue in id order.
-//!    A batch takes organizations from the front: each deletes as many of its oldest
-//!    rows as the batch still has room for. An organization that could not fill the
-//!    room has nothing left and leaves the queue; one that filled it goes to the back
-//!    and continues (from where it stopped) on its next turn. So every organization
-//!    with work gets a turn of up to one batch per round, small ones finish in their
-//!    first turn, and several small organizations share one transaction.
-//!    When the batch cap stops a run, the organization whose turn is next is recorded
-//!    (`audit_retention_state`, in the same transaction as the batch) and the next run
-//!    — on any replica — starts the rotation there. The rotation therefore continues
-//!    across runs as if they were one: with a cap of `B` batches, every organization
-//!    with work is served at least once every `ceil(organizations / B)` runs, however
-//!    large the others are. A run limited to one organization (`--org`) leaves the
-//!    recorded rotation alone.
+//!    A batch gives the organizations at the front, in order, a *turn* of at most
+//!    `batch size / organizations waiting` rows (at least [`db::MIN_TURN_ROWS`]), their
+//!    oldest; if every one had its turn and room is left, those with more fill it.
+//!    An organization with more rows goes to the back and continues after its last
+//!    deleted row on its next turn; one with none left leaves the queue; those the
+//!    batch did not reach keep their place. So every organization with work is
+//!    served every round however large the others are, and batches stay full (a run
+//!    deletes exactly batch size × batch cap rows when that many have expired).
+//!    Many small turns per batch also keep the batch's rows on few heap pages: a log
+//!    interleaves organizations in time, so their oldest rows lie together.
+//!    When a run stops with work left (batch cap, shutdown), the organization whose
+//!    turn is next is recorded (`audit_retention_state`; written along with the next
+//!    batch, and at the end of the run) and the next run — on any replica — starts
+//!    the rotation there, as if the runs were one. A run limited to one organization
+//!    (`--org`) leaves the recorded rotation alone.
 //!
 //! A dry run ([`RunOptions::dry_run`]) takes no lock and deletes nothing: it counts,
 //! per organization, the expired rows, those a sink holds back, and so the rows a run
@@ -47,7 +53,7 @@
 
 mod scheduler;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -107,6 +113,8 @@ pub struct Progress {
     pub organizations_done: usize,
     /// Organizations with a finite retention in the run.
     pub organizations_total: usize,
+    /// How long the batch just committed took, `BEGIN` to `COMMIT` (zero in a dry run).
+    pub batch_duration: Duration,
 }
 
 /// How a run ended.
@@ -471,6 +479,7 @@ async fn dry_run(
                 rows,
                 organizations_done: done,
                 organizations_total: total,
+                batch_duration: Duration::ZERO,
             });
         }
     }
@@ -505,12 +514,12 @@ async fn locked_run(
 ) -> Result<Option<RunReport>, RetentionError> {
     // Out of the pool for good: the session lock below lives and dies with this
     // connection, which is closed when `client` is dropped, whatever happens.
-    let mut client = deadpool_postgres::Object::take(pool.get().await?);
+    let client = deadpool_postgres::Object::take(pool.get().await?);
     if !db::try_lock(&*client).await? {
         return Ok(None);
     }
     let result = delete_expired(
-        &mut client,
+        &client,
         settings,
         options,
         now,
@@ -552,7 +561,7 @@ fn rotation<T>(items: Vec<T>, id: impl Fn(&T) -> Uuid, resume: Option<Uuid>) -> 
 
 /// The batches of a real run, on the locked connection.
 async fn delete_expired(
-    client: &mut tokio_postgres::Client,
+    client: &tokio_postgres::Client,
     settings: &RetentionSettings,
     options: &RunOptions,
     now: DateTime<Utc>,
@@ -560,8 +569,8 @@ async fn delete_expired(
     started: Instant,
     deleted_so_far: &mut u64,
 ) -> Result<RunReport, RetentionError> {
-    let mut reports = plan(organizations(&*client, options).await?, settings.days, now);
-    let (system_identifier, bounding_sink, ignored_sinks) = sink_positions(&*client).await?;
+    let mut reports = plan(organizations(client, options).await?, settings.days, now);
+    let (system_identifier, bounding_sink, ignored_sinks) = sink_positions(client).await?;
     let bounded = bounding_sink.is_some();
     // A run for one organization must not move everybody else's place in the rotation.
     let rotate = options.org.is_none();
@@ -574,29 +583,44 @@ async fn delete_expired(
         .iter()
         .filter(|org| org.effective_days.is_some())
         .count();
-    let with_work = db::organizations_with_expired_rows(&*client, &targets).await?;
-    let resume = if rotate {
-        db::resume_point(&*client).await?
+    let with_work = db::organizations_with_expired_rows(client, &targets).await?;
+    let resume_at = if rotate {
+        db::resume_point(client).await?
     } else {
         None
     };
+    let index_of: HashMap<Uuid, usize> = reports
+        .iter()
+        .enumerate()
+        .map(|(index, org)| (org.id, index))
+        .collect();
     let turns: Vec<Turn> = with_work
         .iter()
-        .filter_map(|id| reports.iter().position(|org| org.id == *id))
-        .map(|index| Turn { index, after: None })
+        .filter_map(|id| index_of.get(id))
+        .map(|&index| Turn { index, after: None })
         .collect();
-    let mut queue = rotation(turns, |turn| reports[turn.index].id, resume);
-    let mut organizations_done = organizations_total - queue.len();
+    let mut queue = rotation(turns, |turn| reports[turn.index].id, resume_at);
+    let mut organizations_done = organizations_total.saturating_sub(queue.len());
     for turn in &queue {
         reports[turn.index].status = OrganizationStatus::Pending;
     }
 
-    let deleter = db::Deleter::prepare(&*client).await?;
+    // Asynchronous commit for the whole (dedicated, never pooled) session: a batch
+    // does not wait for its WAL flush, which costs 3-10 ms on ordinary disks, more
+    // than the batch itself. The worst a server crash can do is undo the last few
+    // batches' deletions, and those rows are still expired: the next run deletes them
+    // again. Nothing depends on a deletion being durable, and the sink bound is
+    // checked by each DELETE itself.
+    db::use_asynchronous_commit(client).await?;
+    let statements = db::Statements::prepare(client).await?;
     let batch_size = u64::from(settings.cleanup_batch_size);
     let mut rows_deleted = 0u64;
     let mut batches = 0u32;
     let mut stopped_at_cap = false;
     let mut interrupted = false;
+    // Where the rotation stands after the last batch, recorded together with the
+    // next batch (one round trip for both) or at the end of the run.
+    let mut resume: Option<Uuid> = None;
     while !queue.is_empty() {
         if batches >= settings.cleanup_max_batches {
             stopped_at_cap = true;
@@ -606,61 +630,92 @@ async fn delete_expired(
             interrupted = true;
             break;
         }
+        let prefix: Vec<Turn> = queue
+            .drain(..queue.len().min(db::MAX_TARGETS_PER_BATCH))
+            .collect();
+        let targets: Vec<db::BatchTarget> = prefix
+            .iter()
+            .filter_map(|turn| {
+                let org = &reports[turn.index];
+                // Only organizations with a cutoff were queued.
+                org.cutoff.map(|cutoff| db::BatchTarget {
+                    organization_id: org.id,
+                    cutoff,
+                    after: turn.after,
+                })
+            })
+            .collect();
+        // Share the batch evenly between the organizations waiting, in turns of at
+        // least MIN_TURN_ROWS: see audit_retention_delete_batch for why.
+        let waiting = u64::try_from(queue.len() + targets.len()).unwrap_or(u64::MAX);
+        let turn = (batch_size / waiting.max(1)).max(db::MIN_TURN_ROWS);
         let batch_started = Instant::now();
-        let tx = client.transaction().await?;
-        let mut room = batch_size;
-        // (report index, rows) deleted in this batch, applied once it commits.
-        let mut deleted: Vec<(usize, u64)> = Vec::new();
-        let mut finished: Vec<usize> = Vec::new();
-        while room > 0 {
-            let Some(mut turn) = queue.pop_front() else {
-                break;
-            };
-            let org = &reports[turn.index];
-            // Every queued organization has a cutoff (only those were probed).
-            let Some(cutoff) = org.cutoff else {
-                finished.push(turn.index);
+        let batch = statements.delete_batch(client, &targets, &system_identifier, batch_size, turn);
+        let batch = match resume.take() {
+            // The resume point is its own tiny transaction, sent along with the batch.
+            Some(next) if rotate => {
+                tokio::try_join!(statements.set_resume_point(client, next), batch)?.1
+            }
+            _ => batch.await?,
+        };
+        let batch_duration = batch_started.elapsed();
+        let batch_rows = batch.rows();
+        telemetry::batch_finished(batch_duration, batch_rows);
+
+        let mut taken: Vec<Option<(Keyset, bool)>> = vec![None; prefix.len()];
+        for target in &batch.deleted {
+            taken[target.target] = Some((target.last, target.more));
+            reports[prefix[target.target].index].rows_deleted += target.rows;
+        }
+        // Back into the rotation: an organization that lost rows and has more goes to
+        // the back (its turn is over) and continues after its last row; one with
+        // nothing left is finished; those the batch did not reach keep their place
+        // at the front.
+        let mut finished = Vec::new();
+        let mut untouched = Vec::new();
+        for (i, mut turn) in prefix.into_iter().enumerate() {
+            if i > batch.reached {
+                untouched.push(turn);
                 continue;
-            };
-            let result = deleter
-                .delete(&tx, org.id, cutoff, turn.after, &system_identifier, room)
-                .await?;
-            if result.rows > 0 {
-                deleted.push((turn.index, result.rows));
             }
-            if result.rows < room {
-                // It could not fill the room: nothing deletable is left.
-                finished.push(turn.index);
-            } else {
-                turn.after = result.last;
-                queue.push_back(turn);
-            }
-            room -= result.rows;
-        }
-        if rotate {
-            if let Some(next) = queue.front() {
-                db::set_resume_point(&tx, reports[next.index].id).await?;
+            match taken[i] {
+                Some((last, true)) => {
+                    turn.after = Some(last);
+                    queue.push_back(turn);
+                }
+                _ => finished.push(turn.index),
             }
         }
-        tx.commit().await?;
-        let batch_rows: u64 = deleted.iter().map(|(_, rows)| rows).sum();
-        telemetry::batch_finished(batch_started.elapsed(), batch_rows);
-        for (index, rows) in deleted {
-            reports[index].rows_deleted += rows;
+        for turn in untouched.into_iter().rev() {
+            queue.push_front(turn);
         }
         if batch_rows > 0 {
             batches += 1;
             rows_deleted += batch_rows;
             *deleted_so_far = rows_deleted;
         }
-        for index in finished {
-            let org = &mut reports[index];
-            org.status = OrganizationStatus::Clean;
-            organizations_done += 1;
-            if let (true, Some(cutoff)) = (bounded, org.cutoff) {
-                let held_back =
-                    db::count_held_back(&*client, org.id, cutoff, &system_identifier).await?;
-                org.rows_held_back = Some(held_back);
+        if rotate {
+            resume = queue.front().map(|turn| reports[turn.index].id);
+        }
+
+        organizations_done += finished.len();
+        for &index in &finished {
+            reports[index].status = OrganizationStatus::Clean;
+        }
+        if bounded {
+            let finished: Vec<(usize, DateTime<Utc>)> = finished
+                .iter()
+                .filter_map(|&index| reports[index].cutoff.map(|cutoff| (index, cutoff)))
+                .collect();
+            if !finished.is_empty() {
+                let targets: Vec<(Uuid, DateTime<Utc>)> = finished
+                    .iter()
+                    .map(|&(index, cutoff)| (reports[index].id, cutoff))
+                    .collect();
+                let held_back = db::count_held_back(client, &targets, &system_identifier).await?;
+                for ((index, _), rows) in finished.into_iter().zip(held_back) {
+                    reports[index].rows_held_back = Some(rows);
+                }
             }
         }
         if let Some(progress) = hooks.progress {
@@ -670,8 +725,12 @@ async fn delete_expired(
                 rows: rows_deleted,
                 organizations_done,
                 organizations_total,
+                batch_duration,
             });
         }
+    }
+    if let Some(next) = resume {
+        statements.set_resume_point(client, next).await?;
     }
     Ok(RunReport {
         outcome: RunOutcome::Completed,

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use chrono::TimeDelta;
 use common::TestDb;
 use compartment_auditd::db::admin::AuditRetention;
-use compartment_auditd::db::retention::RETENTION_LOCK_KEY;
+use compartment_auditd::db::retention::{MIN_TURN_ROWS, RETENTION_LOCK_KEY};
 use compartment_auditd::retention::{
     run_once, run_once_with, OrganizationStatus, Progress, RetentionError, RunHooks, RunOptions,
     RunOutcome,
@@ -685,4 +685,110 @@ async fn organization_counts(db: &TestDb, ids: &[Uuid]) -> Vec<usize> {
         out.push(count(db, *id).await);
     }
     out
+}
+
+#[tokio::test]
+async fn a_batch_gives_organizations_turns_then_fills_its_room() {
+    let db = TestDb::new().await;
+    let turn = MIN_TURN_ROWS as i64;
+    // Room for a turn of each of two organizations and a bit more.
+    let batch = 2 * turn + 100;
+    let settings = settings(u32::try_from(batch).expect("small"), 1);
+    let now = now();
+    let old = now - TimeDelta::days(200);
+    let few_a = org(&db, 1, "few-a", AuditRetention::Inherit).await;
+    let few_b = org(&db, 2, "few-b", AuditRetention::Inherit).await;
+    let many = org(&db, 3, "many", AuditRetention::Inherit).await;
+    let later = org(&db, 4, "later", AuditRetention::Inherit).await;
+    events(&db, few_a, 20, old, TimeDelta::seconds(1)).await;
+    events(&db, few_b, 30, old, TimeDelta::seconds(1)).await;
+    let many_ids = events(&db, many, 3 * turn, old, TimeDelta::seconds(1)).await;
+    events(&db, later, 3 * turn, old, TimeDelta::seconds(1)).await;
+
+    let report = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("run");
+
+    // First pass, in order: few-a and few-b empty theirs (50 rows), many and later
+    // take a whole turn each. Second pass: the 50 rows of room left go to the first
+    // organization with more, many.
+    assert_eq!(report.batches, 1);
+    assert_eq!(report.rows_deleted, batch as u64, "the batch is full");
+    assert_eq!(
+        [
+            count(&db, few_a).await,
+            count(&db, few_b).await,
+            count(&db, many).await,
+            count(&db, later).await
+        ],
+        [
+            0,
+            0,
+            (3 * turn - (turn + 50)) as usize,
+            (3 * turn - turn) as usize
+        ]
+    );
+    // Oldest first within the organization, across both passes.
+    assert_eq!(remaining(&db, many).await, many_ids[(turn + 50) as usize..]);
+    let status = |slug: &str| {
+        report
+            .organizations
+            .iter()
+            .find(|org| org.slug == slug)
+            .map(|org| org.status)
+    };
+    assert_eq!(status("few-a"), Some(OrganizationStatus::Clean));
+    assert_eq!(status("many"), Some(OrganizationStatus::Pending));
+
+    // When every organization has had its turn and room is left, those with more
+    // fill it: one organization with many rows and one almost empty.
+    let db = TestDb::new().await;
+    let big = org(&db, 1, "big", AuditRetention::Inherit).await;
+    let small = org(&db, 2, "small", AuditRetention::Inherit).await;
+    let big_ids = events(&db, big, 3 * batch, old, TimeDelta::seconds(1)).await;
+    events(&db, small, 5, old, TimeDelta::seconds(1)).await;
+    let report = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("run");
+    assert_eq!(
+        report.rows_deleted, batch as u64,
+        "filled by the second pass"
+    );
+    assert_eq!(count(&db, small).await, 0);
+    assert_eq!(
+        remaining(&db, big).await,
+        big_ids[(batch - 5) as usize..],
+        "the big organization's oldest rows, in order"
+    );
+}
+
+#[tokio::test]
+async fn every_organization_progresses_within_one_run_when_turns_are_small() {
+    let db = TestDb::new().await;
+    let turn = MIN_TURN_ROWS as i64;
+    // Eight organizations, room for four turns per batch, two batches: each
+    // organization gets exactly one turn in the run.
+    let settings = settings(u32::try_from(4 * turn).expect("small"), 2);
+    let now = now();
+    let mut ids = Vec::new();
+    for n in 1..=8 {
+        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
+        events(
+            &db,
+            id,
+            3 * turn,
+            now - TimeDelta::days(200),
+            TimeDelta::seconds(1),
+        )
+        .await;
+        ids.push(id);
+    }
+    let report = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("run");
+    assert_eq!((report.batches, report.rows_deleted), (2, 8 * turn as u64));
+    assert_eq!(
+        organization_counts(&db, &ids).await,
+        vec![(2 * turn) as usize; 8]
+    );
 }

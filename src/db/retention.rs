@@ -81,13 +81,46 @@ pub struct SinkBound {
 /// the index until vacuum, and are only cheap to skip once no snapshot can see them).
 pub type Keyset = (DateTime<Utc>, i64);
 
-/// What one batch `DELETE` of one organization did.
+/// One organization's share of a batch: what may be deleted from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deleted {
+pub struct BatchTarget {
+    /// The organization.
+    pub organization_id: Uuid,
+    /// Rows with `occurred_at` before this are expired.
+    pub cutoff: DateTime<Utc>,
+    /// Continue after this row (the last one deleted from it in this run).
+    pub after: Option<Keyset>,
+}
+
+/// Rows deleted from one organization by a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetDeleted {
+    /// Index of the organization in the batch's targets.
+    pub target: usize,
     /// Rows deleted.
     pub rows: u64,
-    /// The last row deleted, in `(occurred_at, id)` order; `None` if none was.
-    pub last: Option<Keyset>,
+    /// The last row deleted, in `(occurred_at, id)` order.
+    pub last: Keyset,
+    /// Whether it has more rows that may be deleted now.
+    pub more: bool,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchDeleted {
+    /// Per organization that lost rows, in target order.
+    pub deleted: Vec<TargetDeleted>,
+    /// Index of the last target looked at: the one that filled the batch, or the
+    /// last one if the batch is not full. Those before it without an entry in
+    /// `deleted` had nothing to delete; those after it were not reached.
+    pub reached: usize,
+}
+
+impl BatchDeleted {
+    /// Rows deleted over all targets.
+    pub fn rows(&self) -> u64 {
+        self.deleted.iter().map(|target| target.rows).sum()
+    }
 }
 
 /// The deletion bound of the cluster whose `system_identifier` is parameter `$n`:
@@ -230,21 +263,18 @@ pub async fn resume_point(client: &impl GenericClient) -> Result<Option<Uuid>, D
     })
 }
 
-/// Records the organization the next run starts with.
-pub async fn set_resume_point(
-    client: &impl GenericClient,
-    organization_id: Uuid,
-) -> Result<(), DbError> {
-    client
-        .execute(
-            "INSERT INTO audit_retention_state (job, resume_organization_id, updated_at)
-             VALUES ($1, $2, now())
-             ON CONFLICT (job) DO UPDATE
-                 SET resume_organization_id = excluded.resume_organization_id,
-                     updated_at = excluded.updated_at",
-            &[&CLEANUP_JOB, &organization_id],
-        )
-        .await?;
+const SET_RESUME_POINT: &str = "
+    INSERT INTO audit_retention_state (job, resume_organization_id, updated_at)
+    VALUES ($1, $2, now())
+    ON CONFLICT (job) DO UPDATE
+        SET resume_organization_id = excluded.resume_organization_id,
+            updated_at = excluded.updated_at";
+
+/// Makes this session's commits asynchronous (`synchronous_commit = off`). Only for
+/// a connection that is not returned to a pool, where the setting would outlive the
+/// caller.
+pub async fn use_asynchronous_commit(client: &impl GenericClient) -> Result<(), DbError> {
+    client.batch_execute("SET synchronous_commit = off").await?;
     Ok(())
 }
 
@@ -275,95 +305,113 @@ pub async fn organizations_with_expired_rows(
         .collect()
 }
 
-/// The batch `DELETE` of one organization: its oldest expired rows that every sink
-/// has written, after the keyset, at most `limit` of them.
-///
-/// The rows are picked by the `(organization_id, occurred_at DESC, id DESC)` index,
-/// read backwards (oldest first), and deleted by their physical address (`ctid`)
-/// found in the same statement and snapshot: a TID scan, without a second index
-/// lookup per row. That address cannot point at another row meanwhile (the
-/// statement's snapshot keeps the tuple from being vacuumed), and if a concurrent
-/// `UPDATE` moved the row, the re-check of the new version fails and the row is
-/// simply left for the next run.
-fn delete_batch_sql() -> String {
-    format!(
-        "WITH deleted AS (
-             DELETE FROM audit_events
-             WHERE ctid = ANY (ARRAY(
-                 SELECT ctid FROM audit_events
-                 WHERE organization_id = $1::uuid
-                   AND occurred_at < $2::timestamptz
-                   AND (occurred_at, id) > (COALESCE($3::timestamptz, '-infinity'), $4::bigint)
-                   AND (tx, id) <= {bound}
-                 ORDER BY occurred_at, id
-                 LIMIT $6::bigint
-             ))
-             RETURNING occurred_at, id
-         )
-         SELECT count(*) OVER ()::bigint, occurred_at, id
-         FROM deleted
-         ORDER BY occurred_at DESC, id DESC
-         LIMIT 1",
-        bound = sink_bound(5)
-    )
-}
+/// Organizations passed to one batch at most: enough that a batch is full whenever
+/// the organizations have the rows, bounded so the parameters stay small with very
+/// many organizations.
+pub const MAX_TARGETS_PER_BATCH: usize = 1000;
 
-/// The prepared batch `DELETE` (see [`Deleter::delete`]), prepared once per run on
-/// the run's connection.
+/// Fewest rows an organization's turn takes (when many organizations share a
+/// batch): bounds the index descents per batch at `batch size / MIN_TURN_ROWS`.
+pub const MIN_TURN_ROWS: u64 = 250;
+
+/// One batch: `audit_retention_delete_batch` (migration 0003) gives the organizations,
+/// in order, turns of their oldest expired rows that every sink has written, then
+/// fills what room is left from those that have more. Server-side because each
+/// organization's `DELETE` depends on how much room the previous ones left: done
+/// from here that is a round trip per organization; there, one per batch, in one
+/// statement and so one short transaction.
+const DELETE_BATCH: &str = "
+    SELECT target, rows_deleted, last_occurred_at, last_id, more, reached
+    FROM audit_retention_delete_batch($1::uuid[], $2::timestamptz[], $3::timestamptz[],
+                                      $4::bigint[], $5::bigint, $6::bigint, $7::text)
+    ORDER BY target";
+
+/// The statements a run executes in every batch, prepared once per run on the run's
+/// connection (a batch then costs no parse round trips).
 #[derive(Debug, Clone)]
-pub struct Deleter {
-    statement: Statement,
+pub struct Statements {
+    delete: Statement,
+    set_resume_point: Statement,
 }
 
-impl Deleter {
-    /// Prepares the statement on `client`; use it on that client (or its transactions).
-    pub async fn prepare(client: &impl GenericClient) -> Result<Deleter, DbError> {
-        Ok(Deleter {
-            statement: client.prepare(&delete_batch_sql()).await?,
+impl Statements {
+    /// Prepares them on `client`; use them on that client (or its transactions).
+    pub async fn prepare(client: &impl GenericClient) -> Result<Statements, DbError> {
+        Ok(Statements {
+            delete: client.prepare(DELETE_BATCH).await?,
+            set_resume_point: client.prepare(SET_RESUME_POINT).await?,
         })
     }
 
-    /// Deletes up to `limit` of `organization_id`'s rows with `occurred_at < cutoff`,
-    /// oldest first, after `after`, and not past the sinks of the cluster
-    /// `system_identifier`.
-    pub async fn delete(
+    /// Records the organization the next run starts with.
+    pub async fn set_resume_point(
         &self,
         client: &impl GenericClient,
         organization_id: Uuid,
-        cutoff: DateTime<Utc>,
-        after: Option<Keyset>,
+    ) -> Result<(), DbError> {
+        client
+            .execute(&self.set_resume_point, &[&CLEANUP_JOB, &organization_id])
+            .await?;
+        Ok(())
+    }
+
+    /// Runs one batch (see [`DELETE_BATCH`]): up to `limit` (at least 1) rows from
+    /// `targets` (at most [`MAX_TARGETS_PER_BATCH`]), turns of at most `turn` rows
+    /// first, in order, never past the sinks of the cluster `system_identifier`.
+    pub async fn delete_batch(
+        &self,
+        client: &impl GenericClient,
+        targets: &[BatchTarget],
         system_identifier: &str,
         limit: u64,
-    ) -> Result<Deleted, DbError> {
-        let (after_at, after_id) = match after {
-            Some((at, id)) => (Some(at), id),
-            None => (None, i64::MIN),
-        };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let row = client
-            .query_opt(
-                &self.statement,
+        turn: u64,
+    ) -> Result<BatchDeleted, DbError> {
+        let ids: Vec<Uuid> = targets.iter().map(|t| t.organization_id).collect();
+        let cutoffs: Vec<DateTime<Utc>> = targets.iter().map(|t| t.cutoff).collect();
+        let after_at: Vec<Option<DateTime<Utc>>> =
+            targets.iter().map(|t| t.after.map(|(at, _)| at)).collect();
+        let after_id: Vec<Option<i64>> =
+            targets.iter().map(|t| t.after.map(|(_, id)| id)).collect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+        let turn = i64::try_from(turn).unwrap_or(i64::MAX - 1);
+        let rows = client
+            .query(
+                &self.delete,
                 &[
-                    &organization_id,
-                    &cutoff,
+                    &ids,
+                    &cutoffs,
                     &after_at,
                     &after_id,
-                    &system_identifier,
                     &limit,
+                    &turn,
+                    &system_identifier,
                 ],
             )
             .await?;
-        let Some(row) = row else {
-            return Ok(Deleted {
-                rows: 0,
-                last: None,
-            });
+        let index = |n: i32| {
+            usize::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .filter(|i| *i < targets.len())
+                .ok_or_else(|| DbError::Data {
+                    reason: format!("batch result names target {n} of {}", targets.len()),
+                })
         };
-        let rows: i64 = row.try_get(0)?;
-        Ok(Deleted {
-            rows: u64::try_from(rows).unwrap_or_default(),
-            last: Some((row.try_get(1)?, row.try_get(2)?)),
-        })
+        let mut deleted = Vec::with_capacity(rows.len());
+        // No row: nothing was deleted, so the batch never filled up and the first
+        // pass looked at every target.
+        let mut reached = targets.len().saturating_sub(1);
+        for row in &rows {
+            let rows_deleted: i64 = row.try_get(1)?;
+            deleted.push(TargetDeleted {
+                target: index(row.try_get(0)?)?,
+                rows: u64::try_from(rows_deleted).unwrap_or_default(),
+                last: (row.try_get(2)?, row.try_get(3)?),
+                more: row.try_get(4)?,
+            });
+            reached = index(row.try_get(5)?)?;
+        }
+        Ok(BatchDeleted { deleted, reached })
     }
 }
 
@@ -395,25 +443,33 @@ pub async fn count_expired(
     })
 }
 
-/// Counts `organization_id`'s rows older than `cutoff` that are past the bound of the
-/// cluster `system_identifier`: expired rows a sink has not written yet.
+/// For each `(organization, cutoff)`, counts its rows older than the cutoff that are
+/// past the bound of the cluster `system_identifier`: expired rows a sink has not
+/// written yet. One statement for all of them; the counts come in the order given.
 pub async fn count_held_back(
     client: &impl GenericClient,
-    organization_id: Uuid,
-    cutoff: DateTime<Utc>,
+    targets: &[(Uuid, DateTime<Utc>)],
     system_identifier: &str,
-) -> Result<u64, DbError> {
-    let row = client
-        .query_one(
+) -> Result<Vec<u64>, DbError> {
+    let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
+    let cutoffs: Vec<DateTime<Utc>> = targets.iter().map(|(_, cutoff)| *cutoff).collect();
+    let rows = client
+        .query(
             &format!(
-                "SELECT count(*)::bigint FROM audit_events
-                 WHERE organization_id = $1::uuid AND occurred_at < $2::timestamptz
-                   AND (tx, id) > {bound}",
+                "SELECT (SELECT count(*) FROM audit_events AS e
+                         WHERE e.organization_id = t.org AND e.occurred_at < t.cutoff
+                           AND (e.tx, e.id) > {bound})::bigint
+                 FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS t(org, cutoff, n)
+                 ORDER BY t.n",
                 bound = sink_bound(3)
             ),
-            &[&organization_id, &cutoff, &system_identifier],
+            &[&ids, &cutoffs, &system_identifier],
         )
         .await?;
-    let rows: i64 = row.try_get(0)?;
-    Ok(u64::try_from(rows).unwrap_or_default())
+    rows.iter()
+        .map(|row| {
+            let rows: i64 = row.try_get(0)?;
+            Ok(u64::try_from(rows).unwrap_or_default())
+        })
+        .collect()
 }
