@@ -9,6 +9,8 @@
 //! - [`query`] holds the filtered reads of the list and the export.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
+//! - [`retention`] holds the queries of `audit.retention.cleanup`: organizations'
+//!   retention, sink positions, the job's lock and resume point, the batch `DELETE`.
 //!
 //! Connections are plain TCP or Unix sockets: TLS to PostgreSQL is not supported yet,
 //! and a URL that requires it (`sslmode=require`) is refused by [`pg_config`] with a
@@ -20,6 +22,7 @@ pub mod cursor;
 pub mod listener;
 pub mod migrate;
 pub mod query;
+pub mod retention;
 
 use std::time::Duration;
 
