@@ -24,10 +24,12 @@
 //! one of those characters gets a `'` in front ([`neutralise_cell`]), which
 //! spreadsheets show as text. This includes plain negative numbers: no column of the
 //! export is numeric except `id`, which is never negative, so a leading `-` is always
-//! text here and keeping it would only leave a way in (`-1+cmd|…`). A consumer that
-//! reads the CSV programmatically can drop a leading `'` when the next character is
-//! one of the six. NDJSON is not changed: it is not opened by spreadsheets, and its
-//! values are JSON strings.
+//! text here and keeping it would only leave a way in (`-1+cmd|…`). A cell that
+//! starts with `'`s followed by one of the six gets one more `'` the same way, so
+//! that the reading rule is exact: a consumer that reads the CSV programmatically
+//! drops one leading `'` when the first character after the leading `'`s is one of
+//! the six (`'=x` is written `''=x` and reads back as `'=x`, not `=x`). NDJSON is not
+//! changed: it is not opened by spreadsheets, and its values are JSON strings.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -192,7 +194,9 @@ pub fn sanitize_all(sanitizer: &Sanitizer, events: &[AuditEvent]) -> Vec<Sanitiz
 /// `cell`, with a `'` in front if a spreadsheet would run it as a formula (see the
 /// module documentation).
 pub fn neutralise_cell(cell: &str) -> Cow<'_, str> {
-    match cell.as_bytes().first() {
+    // Looking past leading quotes keeps a value that itself starts with `'=` apart
+    // from a neutralised `=`: both would read back the same otherwise.
+    match cell.trim_start_matches('\'').as_bytes().first() {
         Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => Cow::Owned(format!("'{cell}")),
         _ => Cow::Borrowed(cell),
     }
@@ -473,6 +477,10 @@ mod tests {
             ("", ""),
             ("{\"a\":1}", "{\"a\":1}"),
             (" =1", " =1"),
+            ("'=1", "''=1"),
+            ("''-1", "'''-1"),
+            ("'x", "'x"),
+            ("'", "'"),
         ] {
             assert_eq!(neutralise_cell(cell), expected, "{cell:?}");
         }

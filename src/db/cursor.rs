@@ -15,6 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
+use crate::db::json::BoundedJson;
 use crate::db::DbError;
 use crate::event::AuditEvent;
 
@@ -63,6 +64,9 @@ impl Batch {
 /// `max_bytes` bounds what one read pulls into memory: rows are cut once the stored
 /// size of their metadata (`pg_column_size`, so compressed values count compressed)
 /// passes it, but the first row always comes, however large.
+/// SQL `NULL` metadata (which a producer's schema may allow) counts as 0 bytes: a
+/// `NULL` size would make the row's `bytes_before` `NULL`, drop it from the result and
+/// let the position move past it — a lost event.
 pub async fn read_batch(
     client: &ClientWrapper,
     after: Position,
@@ -80,8 +84,8 @@ pub async fn read_batch(
                 e.metadata, e.fetched \
          FROM ( \
              SELECT l.*, count(*) OVER () AS fetched, \
-                    sum(pg_column_size(l.metadata)) OVER (ORDER BY l.tx, l.id) \
-                        - pg_column_size(l.metadata) AS bytes_before \
+                    sum(coalesce(pg_column_size(l.metadata), 0)) OVER (ORDER BY l.tx, l.id) \
+                        - coalesce(pg_column_size(l.metadata), 0) AS bytes_before \
              FROM ( \
                  SELECT e.* FROM audit_events e \
                  WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
@@ -125,7 +129,7 @@ pub async fn read_batch(
             target_id: row.try_get(10)?,
             project_id: row.try_get(11)?,
             status: row.try_get(12)?,
-            metadata: row.try_get(13)?,
+            metadata: row.try_get::<_, BoundedJson>(13)?.0,
         });
     }
     Ok(batch)

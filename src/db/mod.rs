@@ -7,6 +7,8 @@
 //!   must not come from the pool) connects exactly like the pool does.
 //! - [`migrate`] applies the reference schema's versioned migrations.
 //! - [`query`] holds the filtered reads of the list and the export.
+//! - [`json`] reads `json`/`jsonb` columns with a bound on nesting, so one deeply
+//!   nested metadata value cannot fail the reads of every batch or page holding it.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
 //! - [`retention`] holds the queries of `audit.retention.cleanup`: organizations'
@@ -19,6 +21,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod cursor;
+pub mod json;
 pub mod listener;
 pub mod migrate;
 pub mod query;

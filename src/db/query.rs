@@ -14,6 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Row, Transaction};
 use uuid::Uuid;
 
+use crate::db::json::BoundedJson;
 use crate::db::DbError;
 use crate::event::AuditEvent;
 use crate::filters::{Cursor, EventFilter, Filters};
@@ -143,7 +144,7 @@ fn event_from_row(row: &Row, organization: &str) -> Result<AuditEvent, DbError> 
         target_id: row.try_get(8)?,
         project_id: row.try_get(9)?,
         status: row.try_get(10)?,
-        metadata: row.try_get(11)?,
+        metadata: row.try_get::<_, BoundedJson>(11)?.0,
     })
 }
 
