@@ -276,7 +276,8 @@ fn copy(ctx: &Context, db: &BenchDatabase, events: u64) -> anyhow::Result<Sample
 }
 
 /// The backend running our COPY, by its process title
-/// (`postgres: USER DATABASE HOST(PORT) COPY`): only the benchmark uses its database.
+/// (`postgres: [CLUSTER: ]USER DATABASE HOST(PORT) COPY`): only the benchmark uses
+/// its database.
 fn find_copy_backend(database: &str) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
@@ -285,9 +286,10 @@ fn find_copy_backend(database: &str) -> Option<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let title = std::fs::read(entry.path().join("cmdline")).ok()?;
             let title = String::from_utf8_lossy(&title);
-            (title.starts_with("postgres: ")
-                && title.split_whitespace().nth(2) == Some(database)
-                && title.contains(" COPY"))
+            let mut words = title.split(['\0', ' ']).filter(|w| !w.is_empty());
+            (words.next() == Some("postgres:")
+                && words.clone().any(|w| w == database)
+                && words.any(|w| w == "COPY"))
             .then_some(pid)
         })
 }
