@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::daemon::{Daemon, DaemonSpec, ProcSample};
+use crate::daemon::{cpu_ticks, ticks_to_seconds, Daemon, DaemonSpec, ProcSample};
 use crate::pg::{self, BenchDatabase};
 use crate::report::{mib, ratio, verdict, Table};
 use crate::{data, progress, Context};
@@ -82,8 +82,10 @@ impl Variant {
 struct Sample {
     /// From start until every event is out.
     wall: Duration,
-    /// CPU time of the measured process (the daemon), when known.
-    cpu: Option<Duration>,
+    /// CPU seconds of the client process (psql or the daemon).
+    client_cpu: f64,
+    /// CPU seconds of the PostgreSQL backends serving it.
+    server_cpu: f64,
     /// Peak RSS (daemon), KiB.
     hwm_kib: Option<u64>,
     /// Bytes written.
@@ -148,7 +150,9 @@ pub async fn run(ctx: &Context, db: &BenchDatabase, config: &Config) -> anyhow::
             "MiB/s written",
             "avg line B",
             "time vs COPY",
-            "CPU s",
+            "client CPU s",
+            "server CPU s",
+            "total CPU s",
             "peak RSS MiB",
         ],
     );
@@ -161,8 +165,9 @@ pub async fn run(ctx: &Context, db: &BenchDatabase, config: &Config) -> anyhow::
             format!("{:.1}", s.bytes as f64 / wall / (1024.0 * 1024.0)),
             format!("{:.0}", s.bytes as f64 / config.events as f64),
             ratio(wall / baseline.wall.as_secs_f64()),
-            s.cpu
-                .map_or("-".into(), |c| format!("{:.2}", c.as_secs_f64())),
+            format!("{:.2}", s.client_cpu),
+            format!("{:.2}", s.server_cpu),
+            format!("{:.2}", s.client_cpu + s.server_cpu),
             worst_hwm.map_or("-".into(), mib),
         ]
     };
@@ -191,7 +196,12 @@ pub async fn run(ctx: &Context, db: &BenchDatabase, config: &Config) -> anyhow::
             .collect::<Vec<_>>()
             .join(", ")
     };
-    table.note("Wall time from starting the daemon until `events_mirrored_total` reaches the count; peak RSS is the largest `VmHWM` of any round.".to_string());
+    table.note(
+        "Wall time: psql from start to exit; the daemon from start until `events_mirrored_total` reaches the count. \
+         CPU from /proc/PID/stat of the client and of its PostgreSQL backend(s), of the best round. \
+         Peak RSS: the largest `VmHWM` of any round."
+            .to_string(),
+    );
     table.note(format!("All rounds, COPY: {} s", rounds(&copies)));
     for (variant, samples) in config.variants.iter().zip(&mirrors) {
         table.note(format!(
@@ -217,7 +227,7 @@ fn copy(ctx: &Context, db: &BenchDatabase, events: u64) -> anyhow::Result<Sample
     let path = ctx.work.join("copy.ndjson");
     let out = std::fs::File::create(&path).context("creating the COPY output file")?;
     let started = Instant::now();
-    let status = Command::new("psql")
+    let mut psql = Command::new("psql")
         .arg(&db.url)
         .args([
             "-X",
@@ -229,8 +239,25 @@ fn copy(ctx: &Context, db: &BenchDatabase, events: u64) -> anyhow::Result<Sample
         ])
         .stdin(Stdio::null())
         .stdout(out)
-        .status()
+        .spawn()
         .context("running psql")?;
+    // The CPU of psql and of its backend, read until each is gone (5 ms resolution).
+    let (mut client_ticks, mut server_ticks, mut backend) = (0, 0, None);
+    let status = loop {
+        if let Some(ticks) = cpu_ticks(psql.id()) {
+            client_ticks = ticks;
+        }
+        if backend.is_none() {
+            backend = find_copy_backend(&db.name);
+        }
+        if let Some(ticks) = backend.and_then(cpu_ticks) {
+            server_ticks = ticks;
+        }
+        if let Some(status) = psql.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let wall = started.elapsed();
     ensure!(status.success(), "psql COPY failed: {status}");
     let (lines, bytes) = count_lines(&path, false)?;
@@ -241,10 +268,30 @@ fn copy(ctx: &Context, db: &BenchDatabase, events: u64) -> anyhow::Result<Sample
     std::fs::remove_file(&path)?;
     Ok(Sample {
         wall,
-        cpu: None,
+        client_cpu: ticks_to_seconds(client_ticks),
+        server_cpu: ticks_to_seconds(server_ticks),
         hwm_kib: None,
         bytes,
     })
+}
+
+/// The backend running our COPY, by its process title
+/// (`postgres: [CLUSTER: ]USER DATABASE HOST(PORT) COPY`): only the benchmark uses
+/// its database.
+fn find_copy_backend(database: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let title = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let title = String::from_utf8_lossy(&title);
+            let mut words = title.split(['\0', ' ']).filter(|w| !w.is_empty());
+            (words.next() == Some("postgres:")
+                && words.clone().any(|w| w == database)
+                && words.any(|w| w == "COPY"))
+            .then_some(pid)
+        })
 }
 
 /// The daemon from start until `events_mirrored_total` reaches `events`.
@@ -299,6 +346,19 @@ async fn mirror(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // The daemon's backends (pool and listener) live as long as it does.
+    let mut server_ticks = 0;
+    for row in client
+        .query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name LIKE 'compartment-auditd%'",
+            &[],
+        )
+        .await?
+    {
+        let pid: i32 = row.try_get(0)?;
+        server_ticks += u32::try_from(pid).ok().and_then(cpu_ticks).unwrap_or(0);
+    }
     daemon.stop()?;
     let (lines, bytes) = count_sink(&sink)?;
     ensure!(
@@ -315,7 +375,8 @@ async fn mirror(
         .await?;
     Ok(Sample {
         wall,
-        cpu: Some(Duration::from_millis(proc.cpu_ticks * 10)),
+        client_cpu: ticks_to_seconds(proc.cpu_ticks),
+        server_cpu: ticks_to_seconds(server_ticks),
         hwm_kib: Some(proc.hwm_kib),
         bytes,
     })

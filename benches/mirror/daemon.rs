@@ -273,22 +273,7 @@ impl ProcSample {
     /// Reads `/proc/PID/{stat,status}` and every thread's `status` and `schedstat`.
     pub fn read(pid: u32) -> anyhow::Result<ProcSample> {
         let proc = PathBuf::from(format!("/proc/{pid}"));
-        let stat = std::fs::read_to_string(proc.join("stat")).context("reading /proc/PID/stat")?;
-        // Fields after the command name (which may contain spaces) in parentheses:
-        // state is field 3, utime and stime are fields 14 and 15.
-        let after = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .context("unexpected /proc/PID/stat")?;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let field = |n: usize| -> anyhow::Result<u64> {
-            fields
-                .get(n - 3)
-                .context("short /proc/PID/stat")?
-                .parse()
-                .context("non-numeric /proc/PID/stat field")
-        };
-        let cpu_ticks = field(14)? + field(15)?;
+        let cpu_ticks = cpu_ticks(pid).context("reading /proc/PID/stat")?;
         let status =
             std::fs::read_to_string(proc.join("status")).context("reading /proc/PID/status")?;
         let kib = |name: &str| status_field(&status, name).unwrap_or(0);
@@ -315,6 +300,23 @@ impl ProcSample {
             threads: kib("Threads"),
         })
     }
+}
+
+/// utime + stime of a process (all its threads, also those that have exited), in
+/// clock ticks (`USER_HZ`, 100 per second on Linux); `None` once it is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses: state
+    // is field 3, utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    Some(field(14)? + field(15)?)
+}
+
+/// Seconds from clock ticks.
+pub fn ticks_to_seconds(ticks: u64) -> f64 {
+    ticks as f64 / 100.0
 }
 
 /// A numeric `Name:  value [kB]` field of a `/proc` status file.

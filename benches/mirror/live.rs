@@ -290,7 +290,7 @@ async fn run_once(ctx: &Context, config: &Config, fsync: &str) -> anyhow::Result
     table.note(format!(
         "events/s: events visible before the writers stopped ÷ window; committed {:.0}/s. \
          drain: from the last commit until the consumer had every event \
-         (daemon durable, by its metric: {}).",
+         (daemon, by events_mirrored_total: {}).",
         total as f64 / window,
         drained_durable.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()))
     ));
@@ -300,22 +300,27 @@ async fn run_once(ctx: &Context, config: &Config, fsync: &str) -> anyhow::Result
     let notifications = counter(&after, "compartment_audit_listener_notifications_total")
         - counter(&before, "compartment_audit_listener_notifications_total");
     table.note(format!(
-        "Daemon: {batches:.0} batches ({:.2} events per batch, one fsync each), {notifications:.0} notifications.",
+        "Daemon: {batches:.0} batches ({:.2} events per batch), {notifications:.0} notifications.",
         total as f64 / batches.max(1.0)
     ));
     table.note(format!(
-        "Daemon's own histograms over the window: mirror_lag_seconds (transaction start → fsync'd) p99 {}, \
-         {:.2}% within 50 ms; sink_fsync_duration_seconds p99 {}.",
+        "Daemon's own histograms over the window: mirror_lag_seconds (transaction start → batch appended{}) \
+         p99 {}, {:.2}% within 50 ms; sink_fsync_duration_seconds p99 {}.",
+        if fsync == "always" { " and fsync'd" } else { ", not yet fsync'd" },
         bound(lag_p99),
         lag_within.unwrap_or(0.0) * 100.0,
         bound(fsync_p99)
     ));
     let sink_p99 = quantile(&sink_latency.sorted, 0.99).unwrap_or(f64::INFINITY);
     let durable_p99_ok = lag_p99.is_some_and(|b| b <= P99_TARGET);
+    let durable_verdict = if fsync == "always" {
+        verdict(sink_p99 < P99_TARGET && durable_p99_ok)
+    } else {
+        "not applicable (lines become durable within the fsync interval)"
+    };
     table.note(format!(
-        "Target \"p99 commit-to-durable < 50 ms\": {} (visible p99 {} ms; durable p99 bound {}). \
-         Target \"latency no worse than wal2json\": {}.",
-        verdict(sink_p99 < P99_TARGET && durable_p99_ok),
+        "Target \"p99 commit-to-durable < 50 ms\": {durable_verdict} (visible p99 {} ms; lag histogram p99 bound {}). \
+         Target \"latency no worse than wal2json\" (p99 visible): {}.",
         ms(sink_p99),
         bound(lag_p99),
         verdict(sink_p99 <= wal_p99)
@@ -467,7 +472,7 @@ fn backlog_table(points: &[Point], window: f64, total: u64, fsync: &str) -> Tabl
     };
     add("pg_recvlogical + wal2json (visible)", |p| p.wal);
     add("compartment-auditd (visible)", |p| p.sink);
-    add("compartment-auditd (durable, metric)", |p| p.durable);
+    add("compartment-auditd (events_mirrored_total)", |p| p.durable);
     table.note(format!(
         "Commit rate {rate:.0} events/s. Keeps up: trend ≤ 1% of the commit rate and the last third's \
          mean backlog at most twice the first third's (plus 50 ms of commits)."
