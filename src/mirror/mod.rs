@@ -525,9 +525,11 @@ impl Mirror {
         state: &mut LoopState,
         shutdown: &CancellationToken,
     ) -> Result<(), MirrorError> {
-        // Nothing to read: a good moment to make everything durable. A failed fsync
-        // moves `state.appended` back; the next read starts there.
-        if self.maybe_sync(state, true, shutdown).await? {
+        // Make appended lines durable once the interval policy says so (not on every
+        // idle turn: under a trickle of commits that would fsync after every batch and
+        // make `interval` behave like `always`). A failed fsync moves
+        // `state.appended` back; the next read starts there.
+        if self.maybe_sync(state, false, shutdown).await? {
             return Ok(());
         }
         // Publishing is a write transaction (a WAL flush) on the database. Under a
@@ -561,6 +563,14 @@ impl Mirror {
             .then(|| PUBLISH_INTERVAL.saturating_sub(state.published_at.elapsed()))
             .filter(|due| !due.is_zero());
         let timer = publish_due.map_or(timer, |due| timer.min(due));
+        // Wake up when the pending fsync falls due.
+        let sync_due = (state.durable != state.appended).then(|| {
+            self.sink_settings
+                .fsync_interval
+                .saturating_sub(state.last_sync.elapsed())
+                .max(Duration::from_millis(1))
+        });
+        let timer = sync_due.map_or(timer, |due| timer.min(due));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = self.doorbell.rings.notified() => {}
