@@ -15,7 +15,9 @@
 //! - **file descriptors** other than database sockets (the pool grows lazily up to
 //!   its size, which is bounded below): never more than the warm-up's highest + 4 (a
 //!   rotation briefly holds the rotated file, its `.gz` temp and a directory
-//!   handle), and once idle again exactly as many as idle before the load;
+//!   handle), and once idle again no more than idle before the load (the two
+//!   counts are read a moment apart, so a connection being opened can show as a
+//!   descriptor without its session yet: "no more", not "exactly");
 //! - **PostgreSQL sessions**: never more than the pool size + 1 (the listener), and
 //!   once idle again no more than the highest count during warm-up.
 //!
@@ -406,7 +408,7 @@ async fn rss_fds_and_sessions_stay_flat_under_steady_mixed_load() {
              at most {warm_fds} during it"
         ));
     }
-    if idle_after.other_fds() != idle_before.other_fds() {
+    if idle_after.other_fds() > idle_before.other_fds() {
         problems.push(format!(
             "file descriptors (not counting database sessions) not back to idle: {} after the load, {} before",
             idle_after.other_fds(),

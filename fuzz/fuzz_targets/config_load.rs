@@ -14,12 +14,53 @@ const PASSWORD: &str = "Pl4ntedDbPassw0rd";
 
 /// Values in the syntaxes the settings accept, and near misses.
 const VALUES: &[&str] = &[
-    "1d", "15m", "6h", "500ms", "0s", "3600", "-1", "0", "1", "64M", "64MiB", "1G", "10K", "64m",
-    "1.5M", "18446744073709551615", "18446744073709551616", "true", "false", "yes", "off", "",
-    " ", "0 3 * * *", "*/5 * * * *", "0 0 3 * * *", "61 * * * *", "@daily", "now", "beginning",
-    "always", "interval", "never", "json", "text", "info", "debug,hyper=warn", "127.0.0.1:9464",
-    "[::1]:0", "localhost:80", "/var/lib/compartment/audit-logs", "relative/dir", "default",
-    "1e3", "NaN", "inf", "\u{0}",
+    "1d",
+    "15m",
+    "6h",
+    "500ms",
+    "0s",
+    "3600",
+    "-1",
+    "0",
+    "1",
+    "64M",
+    "64MiB",
+    "1G",
+    "10K",
+    "64m",
+    "1.5M",
+    "18446744073709551615",
+    "18446744073709551616",
+    "true",
+    "false",
+    "yes",
+    "off",
+    "",
+    " ",
+    "0 3 * * *",
+    "*/5 * * * *",
+    "0 0 3 * * *",
+    "61 * * * *",
+    "@daily",
+    "now",
+    "beginning",
+    "always",
+    "interval",
+    "never",
+    "json",
+    "text",
+    "info",
+    "debug,hyper=warn",
+    "127.0.0.1:9464",
+    "[::1]:0",
+    "localhost:80",
+    "/var/lib/compartment/audit-logs",
+    "relative/dir",
+    "default",
+    "1e3",
+    "NaN",
+    "inf",
+    "\u{0}",
 ];
 
 /// Fuzzer text that does not contain [`PASSWORD`]: comparison tracing can teach it
@@ -56,7 +97,16 @@ fn toml_value(u: &mut Unstructured, is_url: bool) -> Result<String> {
         0..=2 => toml::Value::String(value_text(u)?).to_string(),
         3 => u.arbitrary::<i64>()?.to_string(),
         4 => u.arbitrary::<f64>()?.to_string(),
-        5 => (*u.choose(&["true", "false", "[]", "[1, \"a\"]", "{}", "{ a = 1 }", "1979-05-27T07:32:00Z"])?).to_owned(),
+        5 => (*u.choose(&[
+            "true",
+            "false",
+            "[]",
+            "[1, \"a\"]",
+            "{}",
+            "{ a = 1 }",
+            "1979-05-27T07:32:00Z",
+        ])?)
+        .to_owned(),
         _ => text(u)?,
     })
 }
@@ -77,7 +127,10 @@ fn toml_text(u: &mut Unstructured) -> Result<String> {
                 0 => text(u)?,
                 _ => {
                     let name = u.choose(ENV_NAMES)?;
-                    name.key.split_once('.').map_or(name.key, |(_, k)| k).to_owned()
+                    name.key
+                        .split_once('.')
+                        .map_or(name.key, |(_, k)| k)
+                        .to_owned()
                 }
             };
             let is_url = section == "database" && key == "url";
@@ -90,7 +143,10 @@ fn toml_text(u: &mut Unstructured) -> Result<String> {
 fn env_pairs(u: &mut Unstructured) -> Result<Vec<(String, String)>> {
     let mut pairs = Vec::new();
     if u.ratio(3, 4)? {
-        pairs.push(("COMPARTMENT_DATABASE_URL".to_owned(), database_url(u, PASSWORD)?));
+        pairs.push((
+            "COMPARTMENT_DATABASE_URL".to_owned(),
+            database_url(u, PASSWORD)?,
+        ));
     }
     for _ in 0..u.int_in_range(0..=8)? {
         let name = match u.int_in_range(0..=7)? {
@@ -136,24 +192,34 @@ fn check(data: &[u8]) -> Result<()> {
         Err(err) => {
             let message = err.to_string();
             assert!(!message.is_empty(), "an error without a message");
-            assert!(!shows_password(&message), "an error shows the database password: {message}");
+            assert!(
+                !shows_password(&message),
+                "an error shows the database password: {message}"
+            );
         }
         Ok(mut settings) => {
             let rendered = settings.to_toml_redacted();
-            assert!(!shows_password(&rendered), "config check shows the database password");
+            assert!(
+                !shows_password(&rendered),
+                "config check shows the database password"
+            );
             // The rendered file is a configuration of its own: loading it (with the
             // real URL from the environment, since the file's is masked) gives the
             // same settings back.
             std::fs::write(&path, &rendered).expect("writing the rendered config");
             let url = settings.database.url.expose().to_owned();
-            let again = Settings::load_from(Some(&path), [("COMPARTMENT_DATABASE_URL", url.as_str())]);
+            let again =
+                Settings::load_from(Some(&path), [("COMPARTMENT_DATABASE_URL", url.as_str())]);
             let mut again = match again {
                 Ok(again) => again,
                 Err(err) => panic!("the rendered configuration does not load: {err}\n{rendered}"),
             };
             settings.warnings.clear();
             again.warnings.clear();
-            assert_eq!(settings, again, "the rendered configuration loads differently:\n{rendered}");
+            assert_eq!(
+                settings, again,
+                "the rendered configuration loads differently:\n{rendered}"
+            );
         }
     }
     Ok(())

@@ -29,7 +29,9 @@ const FORMULA_STARTS: &[char] = &['=', '+', '-', '@', '\t', '\r'];
 fn cells(event: &SanitizedEvent) -> Vec<String> {
     vec![
         event.id.to_string(),
-        event.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        event
+            .occurred_at
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
         event.organization_id.to_string(),
         event.organization.clone(),
         event.event_type.clone(),
@@ -78,7 +80,10 @@ fn check(data: &[u8]) -> Result<()> {
     assert_eq!(lines.len(), events.len(), "one NDJSON line per event");
     for (line, event) in lines.iter().zip(&events) {
         let parsed: serde_json::Value = serde_json::from_str(line).expect("a line is JSON");
-        assert_eq!(parsed, serde_json::to_value(event).expect("an event encodes"));
+        assert_eq!(
+            parsed,
+            serde_json::to_value(event).expect("an event encodes")
+        );
     }
 
     // CSV: header and records through a real CSV parser.
@@ -110,9 +115,12 @@ fn check(data: &[u8]) -> Result<()> {
             };
             assert_eq!(restored, expected, "{column}: the cell does not round-trip");
         }
-        let metadata: serde_json::Value =
-            serde_json::from_str(&record[CSV_COLUMNS.len() - 1]).expect("the metadata cell is JSON");
-        assert_eq!(metadata, serde_json::to_value(&event.metadata).expect("metadata encodes"));
+        let metadata: serde_json::Value = serde_json::from_str(&record[CSV_COLUMNS.len() - 1])
+            .expect("the metadata cell is JSON");
+        assert_eq!(
+            metadata,
+            serde_json::to_value(&event.metadata).expect("metadata encodes")
+        );
     }
     Ok(())
 }

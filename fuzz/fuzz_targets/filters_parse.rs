@@ -12,15 +12,56 @@ use libfuzzer_sys::fuzz_target;
 
 /// Parameter names and values that reach every branch of the parser.
 const NAMES: &[&str] = &[
-    "from", "to", "event", "actor", "target_type", "project_id", "limit", "cursor", "format",
-    "evnet", "", "%66rom", "fr%6Fm", "%ZZ", "%FF", "+", "limit%00",
+    "from",
+    "to",
+    "event",
+    "actor",
+    "target_type",
+    "project_id",
+    "limit",
+    "cursor",
+    "format",
+    "evnet",
+    "",
+    "%66rom",
+    "fr%6Fm",
+    "%ZZ",
+    "%FF",
+    "+",
+    "limit%00",
 ];
 const VALUES: &[&str] = &[
-    "2026-05-01T00:00:00Z", "2026-05-01T00:00:00.123456789Z", "2026-05-01T00:00:00+02:00",
-    "2026-13-01T00:00:00Z", "yesterday", "organization.user.invited", "organization.user.*",
-    "organization.*.invited", "*", "ops@example.com", "usr_1", "user", "1", "500", "501", "0",
-    "-1", "4294967296", "csv", "ndjson", "xml", "AQAAAAAAAAAAAAAAAAAAAAA", "%ZZ", "%FF%FE",
-    "%E2%82", "%C3%A9", "%00", "%0A", "+", "..%2F..%2Fetc", "",
+    "2026-05-01T00:00:00Z",
+    "2026-05-01T00:00:00.123456789Z",
+    "2026-05-01T00:00:00+02:00",
+    "2026-13-01T00:00:00Z",
+    "yesterday",
+    "organization.user.invited",
+    "organization.user.*",
+    "organization.*.invited",
+    "*",
+    "ops@example.com",
+    "usr_1",
+    "user",
+    "1",
+    "500",
+    "501",
+    "0",
+    "-1",
+    "4294967296",
+    "csv",
+    "ndjson",
+    "xml",
+    "AQAAAAAAAAAAAAAAAAAAAAA",
+    "%ZZ",
+    "%FF%FE",
+    "%E2%82",
+    "%C3%A9",
+    "%00",
+    "%0A",
+    "+",
+    "..%2F..%2Fetc",
+    "",
 ];
 
 fn piece(u: &mut Unstructured, choices: &[&str]) -> Result<String> {
@@ -71,7 +112,10 @@ fn names_in(query: &str) -> HashSet<String> {
 }
 
 fn check_refusal(query: &str, err: &ParamError) {
-    assert!(!err.message.is_empty(), "a refusal without a message: {err:?}");
+    assert!(
+        !err.message.is_empty(),
+        "a refusal without a message: {err:?}"
+    );
     assert!(
         names_in(query).contains(&err.parameter),
         "the refusal names {:?}, which {query:?} does not hold",
@@ -96,7 +140,10 @@ fn check(data: &[u8]) -> Result<()> {
     match Cursor::decode(&cursor.encode()) {
         Ok(decoded) => assert_eq!(decoded, cursor),
         Err(err) => {
-            assert!(cursor.occurred_at().is_none(), "a valid cursor was refused: {err}");
+            assert!(
+                cursor.occurred_at().is_none(),
+                "a valid cursor was refused: {err}"
+            );
             assert_eq!(err.parameter, "cursor");
         }
     }

@@ -45,7 +45,9 @@ enum Step {
 /// Text around a planted secret. The separator keeps the shape a shape: a JWT glued
 /// to a preceding letter (`xeyJ…`) is, by the sanitizer's documented word-boundary
 /// rule, not a JWT.
-const SEPARATORS: &[&str] = &[" ", "\n", "\t", ", ", "; ", "(", ")", "\"", "'", "<", ">", " | "];
+const SEPARATORS: &[&str] = &[
+    " ", "\n", "\t", ", ", "; ", "(", ")", "\"", "'", "<", ">", " | ",
+];
 
 struct Plant {
     value: String,
@@ -200,7 +202,11 @@ fn check(data: &[u8]) -> Result<()> {
     }
 
     let line = line_of(&event);
-    assert_eq!(line.last(), Some(&b'\n'), "the line is not newline-terminated");
+    assert_eq!(
+        line.last(),
+        Some(&b'\n'),
+        "the line is not newline-terminated"
+    );
     assert_eq!(
         line.iter().filter(|b| **b == b'\n').count(),
         1,

@@ -43,9 +43,14 @@
 //!   back row, a savepoint's discarded row).
 //! - every deleted row was expired when deleted (its organization's days, or the
 //!   install default for `inherit`) and none belonged to an `indefinite` organization;
-//! - every commit a writer saw acknowledged is committed (the oracle's own check), and
-//!   no row of a transaction that never sent `COMMIT` (rollbacks, savepoints rolled
-//!   back, failures before commit) exists anywhere.
+//! - rows are also told apart by a token unique to the run (their `target_id`):
+//!   after a PostgreSQL crash a sequence may hand out again values that only
+//!   uncommitted transactions had seen. Every commit a writer saw acknowledged is in
+//!   the table or the deletion log; no row of a transaction that never sent `COMMIT`
+//!   (rollbacks, savepoints rolled back, failures before commit) exists in the table
+//!   or the sink; every sink line carries the token of the committed row with its id.
+//! - after every kill, the position the dead daemon published is not ahead of where
+//!   the next one resumes from its files (durable before acknowledged).
 //! - every file is whole: each `.gz` decodes completely, every file ends in `\n`,
 //!   every line is JSON with a numeric `id`, a plain rotated file next to its `.gz`
 //!   has the same content, every entry is owner-only and no symlink, and the secret

@@ -100,7 +100,11 @@ pub fn string(u: &mut Unstructured) -> Result<String> {
         4 => {
             // Long: past max_string_bytes (8 KiB) and the scan margin, sometimes.
             let unit = u.arbitrary::<String>()?;
-            let unit = if unit.is_empty() { "a".to_owned() } else { unit };
+            let unit = if unit.is_empty() {
+                "a".to_owned()
+            } else {
+                unit
+            };
             let times = u.int_in_range(1..=20_000usize)? / unit.len().max(1);
             unit.repeat(times.max(1))
         }
