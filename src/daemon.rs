@@ -15,6 +15,7 @@ use crate::health::Health;
 use crate::http::api::Api;
 use crate::http::{self, AppState};
 use crate::mirror::{Mirror, Phase};
+use crate::retention;
 use crate::sanitize::Sanitizer;
 use crate::service;
 use crate::sink::{FileSink, SinkOptions, SystemClock};
@@ -143,6 +144,11 @@ pub async fn run_with_reloads(
         service::ready("Serving health, metrics and the audit API (file sink disabled)");
     }
     tasks.spawn(service::watchdog(health.clone(), shutdown.clone()));
+    tasks.spawn(schedule_retention(
+        pool.clone(),
+        reloads.clone(),
+        shutdown.clone(),
+    ));
 
     let state = Arc::new(AppState {
         health: health.clone(),
@@ -184,6 +190,51 @@ async fn notify_ready(mut phase: watch::Receiver<Phase>, shutdown: CancellationT
         },
     };
     service::ready(&status);
+}
+
+/// Runs `audit.retention.cleanup` on its schedule; when a reload changes the
+/// retention settings, the scheduler restarts with them (a run in progress stops
+/// between batches, each of which is its own transaction).
+async fn schedule_retention(
+    pool: deadpool_postgres::Pool,
+    mut reloads: watch::Receiver<Arc<Settings>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let settings = reloads.borrow_and_update().retention.clone();
+        tracing::info!(cron = %settings.cleanup_cron.source, "Scheduling audit.retention.cleanup");
+        let generation = shutdown.child_token();
+        let mut scheduler = tokio::spawn(retention::run_scheduler(
+            pool.clone(),
+            settings.clone(),
+            generation.clone(),
+        ));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = scheduler.await;
+                    return;
+                }
+                _ = &mut scheduler => return,
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        let _ = scheduler.await;
+                        return;
+                    }
+                    let new = &reloads.borrow_and_update().retention;
+                    if new.cleanup_cron.source != settings.cleanup_cron.source
+                        || new.days != settings.days
+                        || new.cleanup_batch_size != settings.cleanup_batch_size
+                        || new.cleanup_max_batches != settings.cleanup_max_batches
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        generation.cancel();
+        let _ = scheduler.await;
+    }
 }
 
 /// Keeps the database check current.

@@ -1,1 +1,816 @@
-//! TODO
+//! `audit.retention.cleanup` (SPEC §8, guarantee 5 of §7): deletes expired audit
+//! events, per organization, in bounded batches.
+//!
+//! # What a run does
+//!
+//! 1. **Effective retention** per organization: its own number of days, `inherit` →
+//!    `COMPARTMENT_AUDIT_RETENTION_DAYS`, or `indefinite` → skipped. Rows with
+//!    `occurred_at < now - days` are expired (`now` is the run's start, injected).
+//! 2. **One runner at a time.** A real run takes a connection *out of* the pool for
+//!    its whole duration and holds a session-level advisory lock on it
+//!    ([`db::RETENTION_LOCK_KEY`]); a second runner (another replica, or the CLI next
+//!    to the daemon) fails `pg_try_advisory_lock`, logs that it skipped and reports
+//!    [`RunOutcome::Skipped`]. The connection is closed at the end of the run, so the
+//!    lock cannot leak through the pool, and a crashed runner's lock goes with its
+//!    connection.
+//! 3. **Never ahead of the sink.** Only rows with `(tx, id)` at or before the position
+//!    of *every* file sink published in `audit_sink_positions` for this cluster
+//!    (`pg_control_system().system_identifier`) are deleted. The bound is read inside
+//!    each batch's `DELETE`, from the same snapshot as the rows. Positions recorded for
+//!    another cluster (stale after a restore) are ignored with a warning. Expired rows
+//!    held back this way are counted per organization, logged, and the run counts in
+//!    `…_retention_held_back_total`.
+//! 4. **Bounded batches.** Oldest first, at most `cleanup_batch_size` rows per batch,
+//!    at most `cleanup_max_batches` batches that delete something per run; the run
+//!    stops early when nothing is left. A batch is one call of the server-side
+//!    function `audit_retention_delete_batch` (migration 0003): one statement, so one
+//!    short transaction, and one round trip however many organizations it serves.
+//!    Commits are asynchronous on the run's connection: a crash can only undo the
+//!    last few batches, whose rows are still expired and go in the next run.
+//! 5. **Fair sharing.** The organizations with expired rows form a queue in id order.
+//!    A batch gives the organizations at the front, in order, a *turn* of at most
+//!    `batch size / organizations waiting` rows (at least [`db::MIN_TURN_ROWS`]), their
+//!    oldest; if every one had its turn and room is left, those with more fill it.
+//!    An organization with more rows goes to the back and continues after its last
+//!    deleted row on its next turn; one with none left leaves the queue; those the
+//!    batch did not reach keep their place. So every organization with work is
+//!    served every round however large the others are, and batches stay full (a run
+//!    deletes exactly batch size × batch cap rows when that many have expired).
+//!    Many small turns per batch also keep the batch's rows on few heap pages: a log
+//!    interleaves organizations in time, so their oldest rows lie together.
+//!    When a run stops with work left (batch cap, shutdown), the organization whose
+//!    turn is next is recorded (`audit_retention_state`; written along with the next
+//!    batch, and at the end of the run) and the next run — on any replica — starts
+//!    the rotation there, as if the runs were one. A run limited to one organization
+//!    (`--org`) leaves the recorded rotation alone.
+//!
+//! A dry run ([`RunOptions::dry_run`]) takes no lock and deletes nothing: it counts,
+//! per organization, the expired rows, those a sink holds back, and so the rows a run
+//! would delete (before the batch cap).
+//!
+//! [`run_scheduler`] repeats [`run_once`] on `cleanup_cron` (UTC); a failing run is
+//! logged and counted and never stops the scheduler.
+
+mod scheduler;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, SubsecRound as _, TimeDelta, Utc};
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::RetentionSettings;
+use crate::db::admin::{AuditRetention, OrgSlug};
+use crate::db::retention::{self as db, Keyset, OrganizationRetention, SinkPosition};
+use crate::db::DbError;
+use crate::telemetry::retention as telemetry;
+
+pub use scheduler::{run_scheduler, run_scheduler_with_clock, Clock, SystemClock};
+
+/// How a run is asked to behave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Count what would be deleted, per organization, without deleting or locking.
+    pub dry_run: bool,
+    /// Only this organization (the CLI's `--org`); `None` for all of them.
+    pub org: Option<OrgSlug>,
+}
+
+/// Optional observers and controls of a run (see [`run_once_with`]).
+#[derive(Clone, Copy, Default)]
+pub struct RunHooks<'a> {
+    /// Checked between batches: once cancelled, the run commits nothing more and
+    /// returns what it did (marked [`RunReport::interrupted`]). A batch in progress
+    /// is always finished, never abandoned.
+    pub stop: Option<&'a CancellationToken>,
+    /// Called after every batch (and, in a dry run, after every organization counted),
+    /// e.g. to draw a progress line on a terminal.
+    pub progress: Option<&'a (dyn Fn(&Progress) + Send + Sync)>,
+}
+
+impl fmt::Debug for RunHooks<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunHooks")
+            .field("stop", &self.stop)
+            .field("progress", &self.progress.map(|_| "Fn(&Progress)"))
+            .finish()
+    }
+}
+
+/// Where a run is, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Batches committed so far (always 0 in a dry run).
+    pub batches: u32,
+    /// The batch cap of the run.
+    pub max_batches: u32,
+    /// Rows deleted so far (a dry run: rows counted that would be deleted).
+    pub rows: u64,
+    /// Organizations finished (nothing left to delete, or counted in a dry run).
+    pub organizations_done: usize,
+    /// Organizations with a finite retention in the run.
+    pub organizations_total: usize,
+    /// How long the batch just committed took, `BEGIN` to `COMMIT` (zero in a dry run).
+    pub batch_duration: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The run did its work (possibly stopped by the batch cap or a shutdown).
+    Completed,
+    /// Another runner held the retention lock; nothing was done.
+    Skipped,
+}
+
+/// Where an organization stands after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrganizationStatus {
+    /// Retention `indefinite`: never cleaned up.
+    Indefinite,
+    /// Nothing (more) that may be deleted now; rows a sink holds back may remain.
+    Clean,
+    /// Expired rows remain for the next run (the batch cap or a shutdown stopped this
+    /// one; in a dry run: there is something to delete).
+    Pending,
+}
+
+impl OrganizationStatus {
+    /// A short word for tables and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrganizationStatus::Indefinite => "skipped (indefinite)",
+            OrganizationStatus::Clean => "clean",
+            OrganizationStatus::Pending => "pending",
+        }
+    }
+}
+
+/// What a run did (or, dry, would do) for one organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganizationReport {
+    /// The organization's id.
+    pub id: Uuid,
+    /// Its slug.
+    pub slug: String,
+    /// Its setting.
+    pub retention: AuditRetention,
+    /// Its effective retention in days; `None` for `indefinite`.
+    pub effective_days: Option<u32>,
+    /// Rows with `occurred_at` before this are expired; `None` for `indefinite`
+    /// (and for a retention so long that nothing can be older).
+    pub cutoff: Option<DateTime<Utc>>,
+    /// Where it stands after the run.
+    pub status: OrganizationStatus,
+    /// Rows deleted by this run (0 in a dry run).
+    pub rows_deleted: u64,
+    /// Dry run only: expired rows that a run may delete now (before the batch cap).
+    pub rows_to_delete: Option<u64>,
+    /// Expired rows a file sink has not written yet, when known: always in a dry
+    /// run; in a real run for organizations finished while a sink position bounded
+    /// deletion.
+    pub rows_held_back: Option<u64>,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Completed or skipped.
+    pub outcome: RunOutcome,
+    /// Whether this was a dry run (nothing deleted).
+    pub dry_run: bool,
+    /// The time the cutoffs were computed from (microsecond precision).
+    pub now: DateTime<Utc>,
+    /// Wall time the run took.
+    pub duration: Duration,
+    /// Rows deleted.
+    pub rows_deleted: u64,
+    /// Batch transactions that deleted rows.
+    pub batches: u32,
+    /// The batch size of the run.
+    pub batch_size: u32,
+    /// The batch cap of the run.
+    pub max_batches: u32,
+    /// The batch cap ended the run while organizations still had expired rows.
+    pub stopped_at_cap: bool,
+    /// A shutdown ended the run between batches.
+    pub interrupted: bool,
+    /// Per organization, in id order (only the `--org` one when restricted).
+    pub organizations: Vec<OrganizationReport>,
+    /// The sink whose published position bounded deletion at the start of the run
+    /// (the lowest one), if any sink of this cluster publishes.
+    pub bounding_sink: Option<String>,
+    /// Sinks whose positions were ignored because they belong to another cluster.
+    pub ignored_sinks: Vec<String>,
+}
+
+impl RunReport {
+    fn skipped(now: DateTime<Utc>, duration: Duration, settings: &RetentionSettings) -> Self {
+        RunReport {
+            outcome: RunOutcome::Skipped,
+            dry_run: false,
+            now,
+            duration,
+            rows_deleted: 0,
+            batches: 0,
+            batch_size: settings.cleanup_batch_size,
+            max_batches: settings.cleanup_max_batches,
+            stopped_at_cap: false,
+            interrupted: false,
+            organizations: Vec::new(),
+            bounding_sink: None,
+            ignored_sinks: Vec::new(),
+        }
+    }
+
+    /// Organizations with a finite retention that the run considered.
+    pub fn organizations_processed(&self) -> usize {
+        self.organizations
+            .iter()
+            .filter(|org| org.status != OrganizationStatus::Indefinite)
+            .count()
+    }
+
+    /// Organizations skipped because their retention is `indefinite`.
+    pub fn organizations_skipped(&self) -> usize {
+        self.organizations.len() - self.organizations_processed()
+    }
+
+    /// Organizations left with expired rows for the next run.
+    pub fn organizations_pending(&self) -> usize {
+        self.organizations
+            .iter()
+            .filter(|org| org.status == OrganizationStatus::Pending)
+            .count()
+    }
+
+    /// Expired rows known to be held back by a sink position (see
+    /// [`OrganizationReport::rows_held_back`]).
+    pub fn held_back_rows(&self) -> u64 {
+        self.organizations
+            .iter()
+            .filter_map(|org| org.rows_held_back)
+            .sum()
+    }
+
+    /// Dry run: rows a run may delete now, over all organizations, before the cap.
+    pub fn rows_to_delete(&self) -> u64 {
+        self.organizations
+            .iter()
+            .filter_map(|org| org.rows_to_delete)
+            .sum()
+    }
+
+    /// The most rows one run deletes: batch size × batch cap.
+    pub fn row_cap(&self) -> u64 {
+        u64::from(self.batch_size) * u64::from(self.max_batches)
+    }
+}
+
+/// Why a run failed. Batches committed before the failure stay committed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// `--org` names no organization.
+    #[error("organization {slug:?} does not exist")]
+    UnknownOrganization {
+        /// The slug.
+        slug: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for RetentionError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        RetentionError::Db(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RetentionError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        RetentionError::Db(err.into())
+    }
+}
+
+/// Runs `audit.retention.cleanup` once, at time `now` (see the module documentation).
+///
+/// Logs one line and records the metrics for the run; a failure is returned *and*
+/// already logged and counted.
+pub async fn run_once(
+    pool: &Pool,
+    settings: &RetentionSettings,
+    options: RunOptions,
+    now: DateTime<Utc>,
+) -> Result<RunReport, RetentionError> {
+    run_once_with(pool, settings, options, now, RunHooks::default()).await
+}
+
+/// [`run_once`] with a stop token and a progress observer.
+pub async fn run_once_with(
+    pool: &Pool,
+    settings: &RetentionSettings,
+    options: RunOptions,
+    now: DateTime<Utc>,
+    hooks: RunHooks<'_>,
+) -> Result<RunReport, RetentionError> {
+    let started = Instant::now();
+    // PostgreSQL keeps microseconds; cutting here makes the reported cutoffs the
+    // ones the queries use.
+    let now = now.trunc_subsecs(6);
+    if options.dry_run {
+        let report = dry_run(pool, settings, &options, now, hooks, started).await?;
+        telemetry::dry_run_finished(&report);
+        return Ok(report);
+    }
+    let mut deleted_so_far = 0;
+    match locked_run(
+        pool,
+        settings,
+        &options,
+        now,
+        hooks,
+        started,
+        &mut deleted_so_far,
+    )
+    .await
+    {
+        Ok(Some(report)) => {
+            let finished_at = now + TimeDelta::from_std(report.duration).unwrap_or_default();
+            telemetry::run_finished(&report, finished_at);
+            Ok(report)
+        }
+        Ok(None) => {
+            telemetry::run_skipped();
+            Ok(RunReport::skipped(now, started.elapsed(), settings))
+        }
+        // A mistyped `--org` is the caller's error, not a failed run.
+        Err(err @ RetentionError::UnknownOrganization { .. }) => Err(err),
+        Err(err) => {
+            telemetry::run_failed(&err, started.elapsed(), deleted_so_far);
+            Err(err)
+        }
+    }
+}
+
+/// An organization's cutoff: `now - days`, or `None` when that is before year 1 (no
+/// event can be that old, and PostgreSQL's timestamp range ends not much earlier).
+pub fn cutoff(now: DateTime<Utc>, days: u32) -> Option<DateTime<Utc>> {
+    let earliest = NaiveDate::from_ymd_opt(1, 1, 1)?
+        .and_hms_opt(0, 0, 0)?
+        .and_utc();
+    now.checked_sub_signed(TimeDelta::try_days(i64::from(days))?)
+        .filter(|cutoff| *cutoff >= earliest)
+}
+
+/// The per-organization starting point of a run: retention, cutoff, status.
+fn plan(
+    organizations: Vec<OrganizationRetention>,
+    install_default_days: u32,
+    now: DateTime<Utc>,
+) -> Vec<OrganizationReport> {
+    organizations
+        .into_iter()
+        .map(|org| {
+            let effective_days = org.retention.effective_days(install_default_days);
+            let cutoff = effective_days.and_then(|days| cutoff(now, days));
+            OrganizationReport {
+                id: org.id,
+                slug: org.slug,
+                retention: org.retention,
+                effective_days,
+                cutoff,
+                status: if effective_days.is_some() {
+                    OrganizationStatus::Clean
+                } else {
+                    OrganizationStatus::Indefinite
+                },
+                rows_deleted: 0,
+                rows_to_delete: None,
+                rows_held_back: None,
+            }
+        })
+        .collect()
+}
+
+/// Reads the organizations (all, or `--org`) in id order.
+async fn organizations(
+    client: &impl tokio_postgres::GenericClient,
+    options: &RunOptions,
+) -> Result<Vec<OrganizationRetention>, RetentionError> {
+    let slug = options.org.as_ref().map(OrgSlug::as_str);
+    let mut organizations = db::organizations(client, slug).await?;
+    if let (Some(slug), true) = (slug, organizations.is_empty()) {
+        return Err(RetentionError::UnknownOrganization {
+            slug: slug.to_owned(),
+        });
+    }
+    // The rotation relies on id order; the query sorts, this makes it a guarantee.
+    organizations.sort_by_key(|org| org.id);
+    Ok(organizations)
+}
+
+/// The sink positions that bound deletion: those of this cluster. Warns about the
+/// others. Returns the cluster id, the lowest position's sink and the ignored sinks.
+async fn sink_positions(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<(String, Option<String>, Vec<String>), RetentionError> {
+    let system_identifier = db::system_identifier(client).await?;
+    let (current, stale): (Vec<SinkPosition>, Vec<SinkPosition>) = db::sink_positions(client)
+        .await?
+        .into_iter()
+        .partition(|position| position.system_identifier == system_identifier);
+    for position in &stale {
+        telemetry::position_ignored(
+            &position.sink_id,
+            &position.system_identifier,
+            &system_identifier,
+        );
+    }
+    let bounding = current
+        .iter()
+        .min_by_key(|position| position.bound())
+        .map(|position| position.sink_id.clone());
+    let ignored = stale.into_iter().map(|position| position.sink_id).collect();
+    Ok((system_identifier, bounding, ignored))
+}
+
+/// Counts, per organization, what a run would delete. No lock, no writes.
+async fn dry_run(
+    pool: &Pool,
+    settings: &RetentionSettings,
+    options: &RunOptions,
+    now: DateTime<Utc>,
+    hooks: RunHooks<'_>,
+    started: Instant,
+) -> Result<RunReport, RetentionError> {
+    let client = pool.get().await?;
+    let client = &**client;
+    let mut reports = plan(organizations(client, options).await?, settings.days, now);
+    let (system_identifier, bounding_sink, ignored_sinks) = sink_positions(client).await?;
+    let total = reports.iter().filter(|org| org.cutoff.is_some()).count();
+    let mut done = 0;
+    let mut rows = 0;
+    for report in &mut reports {
+        let Some(cutoff) = report.cutoff else {
+            if report.effective_days.is_some() {
+                // So long that nothing can be old enough.
+                report.rows_to_delete = Some(0);
+                report.rows_held_back = Some(0);
+            }
+            continue;
+        };
+        let count = db::count_expired(client, report.id, cutoff, &system_identifier).await?;
+        let to_delete = count.expired.saturating_sub(count.held_back);
+        report.rows_to_delete = Some(to_delete);
+        report.rows_held_back = Some(count.held_back);
+        if to_delete > 0 {
+            report.status = OrganizationStatus::Pending;
+        }
+        done += 1;
+        rows += to_delete;
+        if let Some(progress) = hooks.progress {
+            progress(&Progress {
+                batches: 0,
+                max_batches: settings.cleanup_max_batches,
+                rows,
+                organizations_done: done,
+                organizations_total: total,
+                batch_duration: Duration::ZERO,
+            });
+        }
+    }
+    Ok(RunReport {
+        outcome: RunOutcome::Completed,
+        dry_run: true,
+        now,
+        duration: started.elapsed(),
+        rows_deleted: 0,
+        batches: 0,
+        batch_size: settings.cleanup_batch_size,
+        max_batches: settings.cleanup_max_batches,
+        stopped_at_cap: false,
+        interrupted: false,
+        organizations: reports,
+        bounding_sink,
+        ignored_sinks,
+    })
+}
+
+/// A real run: takes a dedicated connection and the lock, then deletes. `None` when
+/// another runner holds the lock. `deleted_so_far` tracks committed deletions so a
+/// failure can still count them.
+async fn locked_run(
+    pool: &Pool,
+    settings: &RetentionSettings,
+    options: &RunOptions,
+    now: DateTime<Utc>,
+    hooks: RunHooks<'_>,
+    started: Instant,
+    deleted_so_far: &mut u64,
+) -> Result<Option<RunReport>, RetentionError> {
+    // Out of the pool for good: the session lock below lives and dies with this
+    // connection, which is closed when `client` is dropped, whatever happens.
+    let client = deadpool_postgres::Object::take(pool.get().await?);
+    if !db::try_lock(&*client).await? {
+        return Ok(None);
+    }
+    let result = delete_expired(
+        &client,
+        settings,
+        options,
+        now,
+        hooks,
+        started,
+        deleted_so_far,
+    )
+    .await;
+    // Closing the connection releases the lock too; unlocking first just makes the
+    // release immediate and visible. A broken connection cannot unlock, and need not.
+    if let Err(err) = db::unlock(&*client).await {
+        tracing::debug!(error = %err, "Could not release the retention lock explicitly; closing the connection releases it");
+    }
+    result.map(Some)
+}
+
+/// One organization's place in the rotation.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    /// Index into the run's organization reports.
+    index: usize,
+    /// The last row deleted from it in this run, to continue after.
+    after: Option<Keyset>,
+}
+
+/// Puts `items` (sorted by id) into rotation order: the first one with an id at or
+/// after `resume`, then the following ones, wrapping around.
+fn rotation<T>(items: Vec<T>, id: impl Fn(&T) -> Uuid, resume: Option<Uuid>) -> VecDeque<T> {
+    let start = resume.map_or(0, |resume| {
+        items
+            .iter()
+            .position(|item| id(item) >= resume)
+            .unwrap_or(0)
+    });
+    let mut queue: VecDeque<T> = items.into();
+    queue.rotate_left(start);
+    queue
+}
+
+/// The batches of a real run, on the locked connection.
+async fn delete_expired(
+    client: &tokio_postgres::Client,
+    settings: &RetentionSettings,
+    options: &RunOptions,
+    now: DateTime<Utc>,
+    hooks: RunHooks<'_>,
+    started: Instant,
+    deleted_so_far: &mut u64,
+) -> Result<RunReport, RetentionError> {
+    let mut reports = plan(organizations(client, options).await?, settings.days, now);
+    let (system_identifier, bounding_sink, ignored_sinks) = sink_positions(client).await?;
+    let bounded = bounding_sink.is_some();
+    // A run for one organization must not move everybody else's place in the rotation.
+    let rotate = options.org.is_none();
+
+    let targets: Vec<(Uuid, DateTime<Utc>)> = reports
+        .iter()
+        .filter_map(|org| org.cutoff.map(|cutoff| (org.id, cutoff)))
+        .collect();
+    let organizations_total = reports
+        .iter()
+        .filter(|org| org.effective_days.is_some())
+        .count();
+    let with_work = db::organizations_with_expired_rows(client, &targets).await?;
+    let resume_at = if rotate {
+        db::resume_point(client).await?
+    } else {
+        None
+    };
+    let index_of: HashMap<Uuid, usize> = reports
+        .iter()
+        .enumerate()
+        .map(|(index, org)| (org.id, index))
+        .collect();
+    let turns: Vec<Turn> = with_work
+        .iter()
+        .filter_map(|id| index_of.get(id))
+        .map(|&index| Turn { index, after: None })
+        .collect();
+    let mut queue = rotation(turns, |turn| reports[turn.index].id, resume_at);
+    let mut organizations_done = organizations_total.saturating_sub(queue.len());
+    for turn in &queue {
+        reports[turn.index].status = OrganizationStatus::Pending;
+    }
+
+    // Asynchronous commit for the whole (dedicated, never pooled) session: a batch
+    // does not wait for its WAL flush, which costs 3-10 ms on ordinary disks, more
+    // than the batch itself. The worst a server crash can do is undo the last few
+    // batches' deletions, and those rows are still expired: the next run deletes them
+    // again. Nothing depends on a deletion being durable, and the sink bound is
+    // checked by each DELETE itself.
+    db::use_asynchronous_commit(client).await?;
+    let statements = db::Statements::prepare(client).await?;
+    let batch_size = u64::from(settings.cleanup_batch_size);
+    let mut rows_deleted = 0u64;
+    let mut batches = 0u32;
+    let mut stopped_at_cap = false;
+    let mut interrupted = false;
+    // Where the rotation stands after the last batch, recorded together with the
+    // next batch (one round trip for both) or at the end of the run.
+    let mut resume: Option<Uuid> = None;
+    while !queue.is_empty() {
+        if batches >= settings.cleanup_max_batches {
+            stopped_at_cap = true;
+            break;
+        }
+        if hooks.stop.is_some_and(CancellationToken::is_cancelled) {
+            interrupted = true;
+            break;
+        }
+        let prefix: Vec<Turn> = queue
+            .drain(..queue.len().min(db::MAX_TARGETS_PER_BATCH))
+            .collect();
+        let targets: Vec<db::BatchTarget> = prefix
+            .iter()
+            .filter_map(|turn| {
+                let org = &reports[turn.index];
+                // Only organizations with a cutoff were queued.
+                org.cutoff.map(|cutoff| db::BatchTarget {
+                    organization_id: org.id,
+                    cutoff,
+                    after: turn.after,
+                })
+            })
+            .collect();
+        // Share the batch evenly between the organizations waiting, in turns of at
+        // least MIN_TURN_ROWS: see audit_retention_delete_batch for why.
+        let waiting = u64::try_from(queue.len() + targets.len()).unwrap_or(u64::MAX);
+        let turn = (batch_size / waiting.max(1)).max(db::MIN_TURN_ROWS);
+        let batch_started = Instant::now();
+        let batch = statements.delete_batch(client, &targets, &system_identifier, batch_size, turn);
+        let batch = match resume.take() {
+            // The resume point is its own tiny transaction, sent along with the batch.
+            Some(next) if rotate => {
+                tokio::try_join!(statements.set_resume_point(client, next), batch)?.1
+            }
+            _ => batch.await?,
+        };
+        let batch_duration = batch_started.elapsed();
+        let batch_rows = batch.rows();
+        telemetry::batch_finished(batch_duration, batch_rows);
+
+        let mut taken: Vec<Option<(Keyset, bool)>> = vec![None; prefix.len()];
+        for target in &batch.deleted {
+            taken[target.target] = Some((target.last, target.more));
+            reports[prefix[target.target].index].rows_deleted += target.rows;
+        }
+        // Back into the rotation: an organization that lost rows and has more goes to
+        // the back (its turn is over) and continues after its last row; one with
+        // nothing left is finished; those the batch did not reach keep their place
+        // at the front.
+        let mut finished = Vec::new();
+        let mut untouched = Vec::new();
+        for (i, mut turn) in prefix.into_iter().enumerate() {
+            if i > batch.reached {
+                untouched.push(turn);
+                continue;
+            }
+            match taken[i] {
+                Some((last, true)) => {
+                    turn.after = Some(last);
+                    queue.push_back(turn);
+                }
+                _ => finished.push(turn.index),
+            }
+        }
+        for turn in untouched.into_iter().rev() {
+            queue.push_front(turn);
+        }
+        if batch_rows > 0 {
+            batches += 1;
+            rows_deleted += batch_rows;
+            *deleted_so_far = rows_deleted;
+        }
+        if rotate {
+            resume = queue.front().map(|turn| reports[turn.index].id);
+        }
+
+        organizations_done += finished.len();
+        for &index in &finished {
+            reports[index].status = OrganizationStatus::Clean;
+        }
+        if bounded {
+            let finished: Vec<(usize, DateTime<Utc>)> = finished
+                .iter()
+                .filter_map(|&index| reports[index].cutoff.map(|cutoff| (index, cutoff)))
+                .collect();
+            if !finished.is_empty() {
+                let targets: Vec<(Uuid, DateTime<Utc>)> = finished
+                    .iter()
+                    .map(|&(index, cutoff)| (reports[index].id, cutoff))
+                    .collect();
+                let held_back = db::count_held_back(client, &targets, &system_identifier).await?;
+                for ((index, _), rows) in finished.into_iter().zip(held_back) {
+                    reports[index].rows_held_back = Some(rows);
+                }
+            }
+        }
+        if let Some(progress) = hooks.progress {
+            progress(&Progress {
+                batches,
+                max_batches: settings.cleanup_max_batches,
+                rows: rows_deleted,
+                organizations_done,
+                organizations_total,
+                batch_duration,
+            });
+        }
+    }
+    if let Some(next) = resume {
+        statements.set_resume_point(client, next).await?;
+    }
+    Ok(RunReport {
+        outcome: RunOutcome::Completed,
+        dry_run: false,
+        now,
+        duration: started.elapsed(),
+        rows_deleted,
+        batches,
+        batch_size: settings.cleanup_batch_size,
+        max_batches: settings.cleanup_max_batches,
+        stopped_at_cap,
+        interrupted,
+        organizations: reports,
+        bounding_sink,
+        ignored_sinks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn rotation_starts_at_the_resume_point_and_wraps() {
+        let ids = vec![id(1), id(3), id(5), id(7)];
+        let order = |resume| Vec::from(rotation(ids.clone(), |id| *id, resume));
+        assert_eq!(order(None), [id(1), id(3), id(5), id(7)]);
+        assert_eq!(order(Some(id(5))), [id(5), id(7), id(1), id(3)]);
+        // A vanished organization: resume at the next larger id.
+        assert_eq!(order(Some(id(4))), [id(5), id(7), id(1), id(3)]);
+        // Past the last id: wrap to the first.
+        assert_eq!(order(Some(id(9))), [id(1), id(3), id(5), id(7)]);
+        assert!(rotation(Vec::<Uuid>::new(), |id| *id, Some(id(1))).is_empty());
+    }
+
+    #[test]
+    fn cutoff_is_now_minus_whole_days() {
+        let now = DateTime::parse_from_rfc3339("2026-05-12T03:00:00.123456Z")
+            .expect("valid timestamp")
+            .with_timezone(&Utc);
+        assert_eq!(
+            cutoff(now, 90),
+            Some(
+                DateTime::parse_from_rfc3339("2026-02-11T03:00:00.123456Z")
+                    .expect("valid timestamp")
+                    .with_timezone(&Utc)
+            )
+        );
+        assert_eq!(cutoff(now, 1), Some(now - TimeDelta::days(1)));
+        // Beyond year 1 (and PostgreSQL's range): nothing can be that old.
+        assert_eq!(cutoff(now, u32::MAX), None);
+    }
+
+    #[test]
+    fn plan_applies_inherit_days_and_indefinite() {
+        let now = Utc::now().trunc_subsecs(6);
+        let org = |n, retention| OrganizationRetention {
+            id: id(n),
+            slug: format!("org-{n}"),
+            retention,
+        };
+        let reports = plan(
+            vec![
+                org(1, AuditRetention::Inherit),
+                org(2, AuditRetention::Days(7)),
+                org(3, AuditRetention::Indefinite),
+            ],
+            90,
+            now,
+        );
+        assert_eq!(reports[0].effective_days, Some(90));
+        assert_eq!(reports[0].cutoff, Some(now - TimeDelta::days(90)));
+        assert_eq!(reports[1].effective_days, Some(7));
+        assert_eq!(reports[1].cutoff, Some(now - TimeDelta::days(7)));
+        assert_eq!(reports[2].effective_days, None);
+        assert_eq!(reports[2].cutoff, None);
+        assert_eq!(reports[2].status, OrganizationStatus::Indefinite);
+    }
+}

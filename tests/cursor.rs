@@ -32,7 +32,7 @@ async fn a_read_stops_at_its_row_limit_or_byte_budget_and_says_more_is_waiting()
     let client = db.client().await;
     // Other tests' open transactions in the same cluster may hold the horizon a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while cursor::read_batch(&**client, Position::BEGINNING, 1000, i64::MAX)
+    while cursor::read_batch(&client, Position::BEGINNING, 1000, i64::MAX)
         .await
         .unwrap()
         .events
@@ -46,7 +46,7 @@ async fn a_read_stops_at_its_row_limit_or_byte_budget_and_says_more_is_waiting()
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
-    let budgeted = cursor::read_batch(&**client, Position::BEGINNING, 1000, 1024 * 1024)
+    let budgeted = cursor::read_batch(&client, Position::BEGINNING, 1000, 1024 * 1024)
         .await
         .unwrap();
     assert!(
@@ -59,7 +59,7 @@ async fn a_read_stops_at_its_row_limit_or_byte_budget_and_says_more_is_waiting()
         "rows left behind by the budget are announced"
     );
 
-    let one = cursor::read_batch(&**client, Position::BEGINNING, 1000, 1)
+    let one = cursor::read_batch(&client, Position::BEGINNING, 1000, 1)
         .await
         .unwrap();
     assert_eq!(
@@ -69,13 +69,13 @@ async fn a_read_stops_at_its_row_limit_or_byte_budget_and_says_more_is_waiting()
     );
     assert!(one.more);
 
-    let limited = cursor::read_batch(&**client, Position::BEGINNING, 10, i64::MAX)
+    let limited = cursor::read_batch(&client, Position::BEGINNING, 10, i64::MAX)
         .await
         .unwrap();
     assert_eq!(limited.events.len(), 10);
     assert!(limited.more);
 
-    let all = cursor::read_batch(&**client, Position::BEGINNING, 1000, i64::MAX)
+    let all = cursor::read_batch(&client, Position::BEGINNING, 1000, i64::MAX)
         .await
         .unwrap();
     assert_eq!(all.events.len(), 30);
@@ -85,7 +85,7 @@ async fn a_read_stops_at_its_row_limit_or_byte_budget_and_says_more_is_waiting()
     let mut seen = Vec::new();
     let mut at = Position::BEGINNING;
     loop {
-        let batch = cursor::read_batch(&**client, at, 1000, 1024 * 1024)
+        let batch = cursor::read_batch(&client, at, 1000, 1024 * 1024)
             .await
             .unwrap();
         let Some(last) = batch.last_position() else {
@@ -96,7 +96,7 @@ async fn a_read_stops_at_its_row_limit_or_byte_budget_and_says_more_is_waiting()
     }
     let expected: Vec<i64> = all.events.iter().map(|e| e.id).collect();
     assert_eq!(seen, expected);
-    let nothing = cursor::read_batch(&**client, at, 1000, i64::MAX)
+    let nothing = cursor::read_batch(&client, at, 1000, i64::MAX)
         .await
         .unwrap();
     assert!(nothing.events.is_empty() && !nothing.more);
@@ -120,7 +120,7 @@ async fn rows_committed_behind_an_open_transaction_wait_for_it() {
     // ...a later one commits first.
     insert(&db, org, 1, "'{}'::jsonb").await;
     let client = db.client().await;
-    let held = cursor::read_batch(&**client, Position::BEGINNING, 1000, i64::MAX)
+    let held = cursor::read_batch(&client, Position::BEGINNING, 1000, i64::MAX)
         .await
         .unwrap();
     assert!(
@@ -128,7 +128,7 @@ async fn rows_committed_behind_an_open_transaction_wait_for_it() {
         "nothing may pass the open transaction: {:?}",
         held.events.iter().map(|e| &e.actor_id).collect::<Vec<_>>()
     );
-    let wait = cursor::horizon_wait(&**client, Position::BEGINNING)
+    let wait = cursor::horizon_wait(&client, Position::BEGINNING)
         .await
         .unwrap();
     assert!(wait.is_some(), "the wait is visible");
@@ -137,7 +137,7 @@ async fn rows_committed_behind_an_open_transaction_wait_for_it() {
     // Other tests' open transactions in the same cluster may hold the horizon a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let both = loop {
-        let batch = cursor::read_batch(&**client, Position::BEGINNING, 1000, i64::MAX)
+        let batch = cursor::read_batch(&client, Position::BEGINNING, 1000, i64::MAX)
             .await
             .unwrap();
         if batch.events.len() == 2 || std::time::Instant::now() > deadline {

@@ -279,18 +279,26 @@ async fn foreign_entries_are_left_alone_through_rotation_compression_and_file_re
         "the last event did not arrive: {}",
         daemon.log_text()
     );
+    // Compression and file retention run in the background: let them settle.
+    let count_rotated = |suffix: &str| {
+        std::fs::read_dir(&s.sink)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("audit-")
+                    && name.ends_with(suffix)
+                    && !foreign.contains(&name.as_str())
+            })
+            .count()
+    };
+    let _ = support::wait_for(LINES_WAIT, async || {
+        (count_rotated(".ndjson.gz") == 2 && count_rotated(".ndjson") == 0).then_some(())
+    })
+    .await;
     assert!(daemon.terminate().success());
     let written = read_sink_ids(&s.sink);
-    let rotated = std::fs::read_dir(&s.sink)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("audit-")
-                && name.ends_with(".ndjson.gz")
-                && !foreign.contains(&name.as_str())
-        })
-        .count();
+    let rotated = count_rotated(".ndjson.gz");
     assert_eq!(
         rotated, 2,
         "file retention keeps exactly two compressed files"

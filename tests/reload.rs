@@ -87,7 +87,7 @@ async fn file_changes_and_sighup_reload_and_a_broken_edit_keeps_the_old_settings
     // 1. The file changes (symlink swap in the watched directory): 4K rotations.
     std::fs::write(
         &v2,
-        "[file_sink]\nrotate_size = \"4K\"\ncompress_delay = \"1h\"\n",
+        "[file_sink]\nrotate_size = \"4K\"\ncompress_delay = \"1h\"\n[retention]\ncleanup_cron = \"*/5 * * * *\"\n",
     )
     .unwrap();
     swap_symlink(&config, &v2);
@@ -95,6 +95,16 @@ async fn file_changes_and_sighup_reload_and_a_broken_edit_keeps_the_old_settings
         (daemon.metric(SUCCESS)? > successes).then_some(())
     })
     .await;
+    assert!(
+        wait_for(Duration::from_secs(10), async || daemon
+            .log_text()
+            .contains("cron=*/5 * * * *")
+            .then_some(()))
+        .await
+        .is_some(),
+        "the retention scheduler was not restarted with the reloaded cron: {}",
+        daemon.log_text()
+    );
     assert!(
         reloaded.is_some(),
         "the file change was not picked up: {}",
@@ -113,7 +123,7 @@ async fn file_changes_and_sighup_reload_and_a_broken_edit_keeps_the_old_settings
     let before = daemon.metric(SUCCESS).unwrap();
     std::fs::write(
         &v2,
-        "[file_sink]\nrotate_size = \"4K\"\ncompress_delay = \"1h\"\n[log]\nlevel = \"debug\"\n",
+        "[file_sink]\nrotate_size = \"4K\"\ncompress_delay = \"1h\"\n[retention]\ncleanup_cron = \"*/5 * * * *\"\n[log]\nlevel = \"debug\"\n",
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_events",
         sql: include_str!("../../migrations/0002_audit_events.sql"),
     },
+    Migration {
+        version: 3,
+        name: "retention_state",
+        sql: include_str!("../../migrations/0003_retention_state.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migrations across processes ("cad-migr" in ASCII,

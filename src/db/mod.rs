@@ -11,6 +11,8 @@
 //!   nested metadata value cannot fail the reads of every batch or page holding it.
 //! - [`admin`] holds the administration functions behind `org`, `user`, `role` and
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
+//! - [`retention`] holds the queries of `audit.retention.cleanup`: organizations'
+//!   retention, sink positions, the job's lock and resume point, the batch `DELETE`.
 //!
 //! Connections are plain TCP or Unix sockets: TLS to PostgreSQL is not supported yet,
 //! and a URL that requires it (`sslmode=require`) is refused by [`pg_config`] with a
@@ -23,6 +25,7 @@ pub mod json;
 pub mod listener;
 pub mod migrate;
 pub mod query;
+pub mod retention;
 
 use std::time::Duration;
 

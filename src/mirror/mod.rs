@@ -7,8 +7,9 @@
 //! baseline recorded in the sink's state file when the sink was first set up (or
 //! re-baselined). Because it is derived from what is on disk, a crash at any point
 //! resumes exactly after the last line written — nothing lost, nothing twice. The
-//! position is also published to the database (at most every second, and when idle)
-//! so that retention never deletes a row the sink has not written.
+//! position is also published to the database (at most every second; when the mirror
+//! falls idle, as soon as that second is up; and on shutdown) so that retention never
+//! deletes a row the sink has not written.
 //!
 //! **Identity.** The state file records the cluster's `system_identifier`. After a
 //! restore into a new cluster, transaction ids restart and the stored position means
@@ -135,6 +136,12 @@ pub enum MirrorError {
     /// A blocking task panicked.
     #[error("the sink worker stopped unexpectedly: {0}")]
     Worker(String),
+    /// After a failed write the sink's lines no longer match what the mirror knows
+    /// it wrote durably; only a restart (which reads the files) can tell where to resume.
+    #[error(
+        "the sink directory changed under the daemon ({0}); restart the daemon to resume from its files"
+    )]
+    SinkChanged(String),
 }
 
 impl MirrorError {
@@ -146,6 +153,7 @@ impl MirrorError {
                 | MirrorError::UnknownLastLine { .. }
                 | MirrorError::UnparsableLastLine
                 | MirrorError::BadState(_)
+                | MirrorError::SinkChanged(_)
         )
     }
 }
@@ -284,6 +292,8 @@ impl Mirror {
             published_at: Instant::now(),
             last_sync: Instant::now(),
             system_identifier,
+            start: position,
+            start_line: recovery.last_line.clone(),
         };
         let mut prefetched: Option<Batch> = None;
         while !shutdown.is_cancelled() {
@@ -310,7 +320,9 @@ impl Mirror {
                 extended_at = Instant::now();
             }
             let Some(after) = batch.last_position() else {
-                self.idle(&mut state, &shutdown).await;
+                if let Err(err) = self.idle(&mut state, &shutdown).await {
+                    return self.halt(err, &shutdown).await;
+                }
                 continue;
             };
             let (written, next) = if full {
@@ -332,20 +344,24 @@ impl Mirror {
                         // Documented: with `never`, appended counts as durable.
                         state.durable = after;
                     }
-                    self.maybe_sync(&mut state, false).await;
+                    let moved = match self.maybe_sync(&mut state, false, &shutdown).await {
+                        Ok(moved) => moved,
+                        Err(err) => return self.halt(err, &shutdown).await,
+                    };
                     self.maybe_publish(&mut state, false).await;
-                    prefetched = next;
+                    // A failed fsync took lines back: what was read after them is stale.
+                    prefetched = if moved { None } else { next };
                 }
-                Err(failure) => {
-                    telemetry::mirror::mirror_failed("write", &failure.error);
-                    self.health
-                        .set_failing(CHECK_SINK, failure.error.to_string());
-                    if let Some(written) = failure.written {
-                        // The part before a rotation is fsync'd in the rotated file.
-                        state.appended = written;
-                        state.durable = written;
-                    }
-                    prefetched = Some(failure.rest);
+                Err((err, batch)) => {
+                    telemetry::mirror::mirror_failed("write", &err);
+                    self.health.set_failing(CHECK_SINK, err.to_string());
+                    prefetched = match self
+                        .resume_after_sink_error(&mut state, Some(batch), &shutdown)
+                        .await
+                    {
+                        Ok(rest) => rest,
+                        Err(err) => return self.halt(err, &shutdown).await,
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -354,8 +370,9 @@ impl Mirror {
             }
         }
 
-        // 3. Drain: make what was appended durable and say so.
-        self.maybe_sync(&mut state, true).await;
+        // 3. Drain: make what was appended durable and say so. (A failure here leaves
+        // the sink's files as the position; the next start resumes from them.)
+        let _ = self.maybe_sync(&mut state, true, &shutdown).await;
         self.maybe_publish(&mut state, true).await;
         tracing::info!(position = %state.durable, "The mirror stopped");
         self.close().await
@@ -459,15 +476,13 @@ impl Mirror {
     async fn read(&self, after: Position) -> Result<Batch, MirrorError> {
         let client = self.client().await?;
         let limit = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
-        Ok(cursor::read_batch(&**client, after, limit, MAX_BATCH_BYTES).await?)
+        Ok(cursor::read_batch(&client, after, limit, MAX_BATCH_BYTES).await?)
     }
 
     /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
-    /// it is durable. On failure the sink holds whole lines only, ending with
-    /// `last_line()`: when a batch crossed a rotation before failing, its first part is
-    /// already durable in the rotated file, so the failure hands back only the part
-    /// that is not written (and where the written part ends), never the whole batch.
-    async fn write(&self, batch: Batch) -> Result<bool, WriteFailure> {
+    /// it is durable; on failure hands the batch back, and
+    /// [`Mirror::resume_after_sink_error`] works out which part of it the sink kept.
+    async fn write(&self, batch: Batch) -> Result<bool, (MirrorError, Batch)> {
         let sink = self.sink.clone();
         let sanitizer = self.sanitizer.clone();
         let task = tokio::task::spawn_blocking(move || {
@@ -477,24 +492,15 @@ impl Mirror {
                 telemetry::sanitize::record(&report);
                 crate::event::encode_line(&sanitized, &mut lines);
             }
-            let mut sink = lock(&sink);
-            let result = sink.append(&lines);
-            let last_id = match &result {
-                Ok(_) => None,
-                Err(_) => sink.last_line().and_then(|line| line_id(line).ok()),
-            };
-            (result, last_id, batch)
+            let result = lock(&sink).append(&lines);
+            (result, batch)
         });
-        let (result, last_id, batch) = match task.await {
-            Ok(triple) => triple,
+        let (result, batch) = match task.await {
+            Ok(pair) => pair,
             Err(err) => {
                 // The batch is gone with the panicked task; it is read again from the
-                // unchanged position, and the sink's recovery rules hold as ever.
-                return Err(WriteFailure {
-                    error: MirrorError::Worker(err.to_string()),
-                    written: None,
-                    rest: Batch::default(),
-                });
+                // sink's last line, as after any failed write.
+                return Err((MirrorError::Worker(err.to_string()), Batch::default()));
             }
         };
         match result {
@@ -508,25 +514,31 @@ impl Mirror {
                 }
                 Ok(appended.durable)
             }
-            Err(err) => {
-                let (written, rest) = split_after(batch, last_id);
-                Err(WriteFailure {
-                    error: MirrorError::Sink(err),
-                    written,
-                    rest,
-                })
-            }
+            Err(err) => Err((MirrorError::Sink(err), batch)),
         }
     }
 
     /// Waits for something to do: the doorbell, the safety timer, or a short re-poll
     /// while rows wait behind an open transaction.
-    async fn idle(&self, state: &mut LoopState, shutdown: &CancellationToken) {
-        // Nothing to read: a good moment to make everything durable and say so.
-        self.maybe_sync(state, true).await;
-        self.maybe_publish(state, true).await;
+    async fn idle(
+        &self,
+        state: &mut LoopState,
+        shutdown: &CancellationToken,
+    ) -> Result<(), MirrorError> {
+        // Make appended lines durable once the interval policy says so (not on every
+        // idle turn: under a trickle of commits that would fsync after every batch and
+        // make `interval` behave like `always`). A failed fsync moves
+        // `state.appended` back; the next read starts there.
+        if self.maybe_sync(state, false, shutdown).await? {
+            return Ok(());
+        }
+        // Publishing is a write transaction (a WAL flush) on the database. Under a
+        // trickle of small commits the mirror runs dry after nearly every batch, so
+        // publishing on every idle turn would add one commit per batch; keep to the
+        // interval, and wake up when the pending position falls due.
+        self.maybe_publish(state, false).await;
         let wait = match self.client().await {
-            Ok(client) => cursor::horizon_wait(&**client, state.appended)
+            Ok(client) => cursor::horizon_wait(&client, state.appended)
                 .await
                 .ok()
                 .flatten(),
@@ -546,34 +558,163 @@ impl Mirror {
         } else {
             self.settings.poll_interval
         };
+        // Zero when publishing just failed: retry on the next wake-up, never spin.
+        let publish_due = (state.published != state.durable)
+            .then(|| PUBLISH_INTERVAL.saturating_sub(state.published_at.elapsed()))
+            .filter(|due| !due.is_zero());
+        let timer = publish_due.map_or(timer, |due| timer.min(due));
+        // Wake up when the pending fsync falls due.
+        let sync_due = (state.durable != state.appended).then(|| {
+            self.sink_settings
+                .fsync_interval
+                .saturating_sub(state.last_sync.elapsed())
+                .max(Duration::from_millis(1))
+        });
+        let timer = sync_due.map_or(timer, |due| timer.min(due));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = self.doorbell.rings.notified() => {}
             _ = tokio::time::sleep(timer) => {}
         }
+        Ok(())
     }
 
-    /// Fsyncs appended lines when the interval policy says so (or `force`).
-    async fn maybe_sync(&self, state: &mut LoopState, force: bool) {
+    /// Fsyncs appended lines when the interval policy says so (or `force`). Returns
+    /// whether a failed fsync moved `state.appended` back.
+    async fn maybe_sync(
+        &self,
+        state: &mut LoopState,
+        force: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, MirrorError> {
         if state.durable == state.appended {
-            return;
+            return Ok(false);
         }
         let due = state.last_sync.elapsed() >= self.sink_settings.fsync_interval;
         if !(force || due) {
-            return;
+            return Ok(false);
         }
         let sink = self.sink.clone();
         match tokio::task::spawn_blocking(move || lock(&sink).sync()).await {
             Ok(Ok(())) => {
                 state.durable = state.appended;
                 state.last_sync = Instant::now();
+                Ok(false)
             }
             Ok(Err(err)) => {
                 telemetry::mirror::mirror_failed("sync", &err);
                 self.health.set_failing(CHECK_SINK, err.to_string());
+                // The sink took back everything since its last good fsync.
+                let before = state.appended;
+                self.resume_after_sink_error(state, None, shutdown).await?;
+                Ok(state.appended != before)
             }
-            Err(err) => telemetry::mirror::mirror_failed("sync", &err),
+            Err(err) => {
+                telemetry::mirror::mirror_failed("sync", &err);
+                Ok(false)
+            }
         }
+    }
+
+    /// After a failed append or fsync the sink holds only whole lines and mirroring
+    /// must resume right after the last of them ([`crate::sink`]): a batch that
+    /// crossed a rotation keeps its first part (fsync'd in the rotated file), a failed
+    /// fsync takes back everything since the last good one. Resuming from the
+    /// position held before the failure would write the kept part twice, or skip the
+    /// part taken back. Moves `state.appended` there and returns what of `batch` is
+    /// still to be written (`None`: read again from the new position).
+    async fn resume_after_sink_error(
+        &self,
+        state: &mut LoopState,
+        batch: Option<Batch>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Batch>, MirrorError> {
+        let last = lock(&self.sink).last_line().map(<[u8]>::to_vec);
+        let at = if last == state.start_line {
+            // Nothing written since the start remains.
+            state.start
+        } else {
+            let Some(line) = last else {
+                // The sink had lines at the start and can only take back lines written
+                // since: an empty sink now means it is not what we opened.
+                return Err(MirrorError::SinkChanged(
+                    "it holds no line, but held some at the start".into(),
+                ));
+            };
+            let id = line_id(&line)?;
+            if let Some(mut batch) = batch {
+                if let Some(i) = batch.events.iter().position(|e| e.id == id) {
+                    // Kept up to and including row `i`: write only the rest.
+                    state.appended = batch.positions[i];
+                    let rest = Batch {
+                        events: batch.events.split_off(i + 1),
+                        positions: batch.positions.split_off(i + 1),
+                        more: batch.more,
+                    };
+                    return Ok((!rest.events.is_empty()).then_some(rest));
+                }
+                if id == state.appended.id {
+                    // Nothing of the batch was kept: write it whole again.
+                    return Ok(Some(batch));
+                }
+            }
+            if id == state.appended.id {
+                state.appended
+            } else if id == state.durable.id {
+                state.durable
+            } else {
+                match self.locate(id, shutdown).await? {
+                    Some(at) => at,
+                    None => return Ok(None), // Shutting down.
+                }
+            }
+        };
+        if at < state.durable {
+            // Durable lines are never taken back.
+            return Err(MirrorError::SinkChanged(format!(
+                "its last line is at {at}, before the durable position {}",
+                state.durable
+            )));
+        }
+        state.appended = at;
+        Ok(None)
+    }
+
+    /// The position of the sink line with event `id`, retried until the database
+    /// answers (`None`: shutting down meanwhile).
+    async fn locate(
+        &self,
+        id: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Position>, MirrorError> {
+        let mut backoff =
+            crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
+        loop {
+            let found = match self.client().await {
+                Ok(client) => cursor::position_of(&**client, id)
+                    .await
+                    .map_err(MirrorError::from),
+                Err(err) => Err(err),
+            };
+            match found {
+                Ok(Some(at)) => return Ok(Some(at)),
+                Ok(None) => return Err(MirrorError::UnknownLastLine { id }),
+                Err(err) => telemetry::mirror::mirror_failed("locate", &err),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Stops mirroring after an error that needs an operator; the process stays up,
+    /// not ready, until shutdown.
+    async fn halt(self, err: MirrorError, shutdown: &CancellationToken) -> Result<(), MirrorError> {
+        telemetry::mirror::mirror_halted(&err);
+        self.health.set_failing(CHECK_MIRROR, err.to_string());
+        shutdown.cancelled().await;
+        self.close().await
     }
 
     /// Publishes the durable position when it moved (at most every second unless `force`).
@@ -631,28 +772,6 @@ impl Mirror {
     }
 }
 
-/// A failed write: what is in the sink, and what is not.
-struct WriteFailure {
-    /// Why it failed.
-    error: MirrorError,
-    /// Position after the part of the batch that did reach the sink, if any.
-    written: Option<Position>,
-    /// The events still to write.
-    rest: Batch,
-}
-
-/// Splits a batch after the event `last_id` (the sink's last whole line), if that
-/// event belongs to the batch: returns the position after the written part and the rest.
-fn split_after(mut batch: Batch, last_id: Option<i64>) -> (Option<Position>, Batch) {
-    let Some(index) = last_id.and_then(|id| batch.events.iter().position(|e| e.id == id)) else {
-        return (None, batch);
-    };
-    let written = batch.positions[index];
-    batch.events.drain(..=index);
-    batch.positions.drain(..=index);
-    (Some(written), batch)
-}
-
 /// Positions of the running loop.
 struct LoopState {
     /// After the last line appended.
@@ -667,6 +786,11 @@ struct LoopState {
     last_sync: Instant,
     /// The cluster we mirror.
     system_identifier: String,
+    /// Where mirroring started, and the sink's last line then: resuming there is
+    /// right when every line written since has been taken back.
+    start: Position,
+    /// See `start`.
+    start_line: Option<Vec<u8>>,
 }
 
 fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {
@@ -694,50 +818,6 @@ pub fn sha256_hex(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn batch(ids: &[i64]) -> Batch {
-        let event = |id| crate::event::AuditEvent {
-            id,
-            occurred_at: chrono::Utc::now(),
-            organization_id: uuid::Uuid::nil(),
-            organization: "acme-dev".into(),
-            event_type: "organization.user.invited".into(),
-            actor_type: "user".into(),
-            actor_id: "usr".into(),
-            actor_email: None,
-            target_type: None,
-            target_id: None,
-            project_id: None,
-            status: "succeeded".into(),
-            metadata: serde_json::json!({}),
-        };
-        Batch {
-            events: ids.iter().map(|id| event(*id)).collect(),
-            positions: ids.iter().map(|id| Position { tx: 100, id: *id }).collect(),
-            more: false,
-        }
-    }
-
-    #[test]
-    fn a_failure_after_a_rotation_resends_only_the_unwritten_part() {
-        let (written, rest) = split_after(batch(&[7, 3, 9, 4]), Some(3));
-        assert_eq!(written, Some(Position { tx: 100, id: 3 }));
-        assert_eq!(
-            rest.events.iter().map(|e| e.id).collect::<Vec<_>>(),
-            vec![9, 4]
-        );
-        assert_eq!(rest.positions.len(), 2);
-    }
-
-    #[test]
-    fn a_failure_that_wrote_nothing_resends_everything() {
-        // The sink's last line is from an earlier batch (or there is none).
-        for last in [Some(1), None] {
-            let (written, rest) = split_after(batch(&[7, 3]), last);
-            assert_eq!(written, None);
-            assert_eq!(rest.events.len(), 2);
-        }
-    }
 
     #[test]
     fn line_ids_come_from_the_line_and_garbage_is_refused() {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod logging;
 pub mod mirror;
+pub mod retention;
 pub mod sanitize;
 pub mod sink;
 
@@ -67,6 +68,7 @@ pub fn init() {
     api::init();
     config::init();
     mirror::init();
+    retention::init();
     sanitize::init();
     sink::init();
 }

@@ -3,6 +3,8 @@
 //! process, a minimal HTTP client, and a reader for everything in a sink directory.
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod tmpfs;
 pub mod writers;
 
 use std::collections::HashMap;
@@ -142,6 +144,21 @@ impl PrivatePostgres {
             .arg(self.data())
             .arg("stop")
             .output();
+    }
+
+    /// Stops the server the way a crash would (immediate mode: no shutdown
+    /// checkpoint, crash recovery on the next start).
+    pub fn stop_immediate(&self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .output();
+    }
+
+    /// Starts the server again after [`Self::stop`] or [`Self::stop_immediate`].
+    pub fn start_again(&self) {
+        self.start_server();
     }
 
     /// Stops and starts the server again.
@@ -349,6 +366,16 @@ impl Daemon {
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its process id (for `/proc/PID/…` and `pg_stat_activity` checks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited (reaps it).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
