@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
+use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::{GenericClient, Row, RowStream};
 
 use crate::db::json::BoundedJson;
 use crate::db::DbError;
@@ -61,59 +62,46 @@ impl Batch {
 /// Reads up to `limit` rows after `after`, only below the visibility horizon, in one
 /// statement (so horizon and rows share a snapshot).
 ///
-/// `max_bytes` bounds what one read pulls into memory: rows are cut once the stored
-/// size of their metadata (`pg_column_size`, so compressed values count compressed)
-/// passes it, but the first row always comes, however large.
-/// SQL `NULL` metadata (which a producer's schema may allow) counts as 0 bytes: a
-/// `NULL` size would make the row's `bytes_before` `NULL`, drop it from the result and
-/// let the position move past it — a lost event.
+/// `max_bytes` bounds what one read pulls into memory: the rows stream in, and the read
+/// stops taking them once the metadata received (as sent, in bytes) reaches the
+/// budget; the first row always comes, however large. The rest of the statement's rows
+/// are discarded unread by the connection (it applies back-pressure, so they are never
+/// held), and the next read starts after the last row taken. Decoding overlaps the
+/// server producing the following rows.
 pub async fn read_batch(
     client: &ClientWrapper,
     after: Position,
     limit: i64,
     max_bytes: i64,
 ) -> Result<Batch, DbError> {
-    // The innermost query takes the rows through the (tx, id) index and stops at the
-    // limit; only then are the window sums computed (a window in the same query level
-    // as the LIMIT would be evaluated over every remaining row).
-    let rows = query_prepared(
-        client,
-        "SELECT e.id, e.tx::text, e.occurred_at, e.organization_id, \
+    // No window function and no row count: either would make the server materialize
+    // every row before sending the first (it doubled the server's work per batch).
+    const SQL: &str = "SELECT e.id, e.tx::text, e.occurred_at, e.organization_id, \
                 coalesce(o.slug, ''), e.event_type, e.actor_type, e.actor_id, \
                 e.actor_email, e.target_type, e.target_id, e.project_id, e.status, \
-                e.metadata, e.fetched \
-         FROM ( \
-             SELECT l.*, count(*) OVER () AS fetched, \
-                    sum(coalesce(pg_column_size(l.metadata), 0)) OVER (ORDER BY l.tx, l.id) \
-                        - coalesce(pg_column_size(l.metadata), 0) AS bytes_before \
-             FROM ( \
-                 SELECT e.* FROM audit_events e \
-                 WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
-                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY e.tx, e.id \
-                 LIMIT $3 \
-             ) l \
-         ) e \
+                e.metadata \
+         FROM audit_events e \
          LEFT JOIN organizations o ON o.id = e.organization_id \
-         WHERE e.bytes_before < $4 \
-         ORDER BY e.tx, e.id",
-        &[&after.tx.to_string(), &after.id, &limit, &max_bytes],
-    )
-    .await?;
+         WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
+           AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY e.tx, e.id \
+         LIMIT $3";
+    let tx = after.tx.to_string();
+    let params: [&(dyn ToSql + Sync); 3] = [&tx, &after.id, &limit];
+    let rows = query_stream_prepared(client, SQL, &params).await?;
+    futures_util::pin_mut!(rows);
+    let capacity = usize::try_from(limit).unwrap_or(usize::MAX).min(1024);
     let mut batch = Batch {
-        events: Vec::with_capacity(rows.len()),
-        positions: Vec::with_capacity(rows.len()),
+        events: Vec::with_capacity(capacity),
+        positions: Vec::with_capacity(capacity),
         more: false,
     };
-    if let Some(first) = rows.first() {
-        let fetched: i64 = first.try_get(14)?;
-        batch.more = fetched >= limit || usize::try_from(fetched).is_ok_and(|f| f > rows.len());
-    }
-    for row in rows {
+    let mut bytes: i64 = 0;
+    while let Some(row) = rows.try_next().await? {
         let id: i64 = row.try_get(0)?;
-        let tx: String = row.try_get(1)?;
+        let tx: &str = row.try_get(1)?;
         batch.positions.push(Position {
-            tx: parse_xid8(&tx)?,
+            tx: parse_xid8(tx)?,
             id,
         });
         batch.events.push(AuditEvent {
@@ -131,8 +119,35 @@ pub async fn read_batch(
             status: row.try_get(12)?,
             metadata: row.try_get::<_, BoundedJson>(13)?.0,
         });
+        bytes = bytes.saturating_add(row.try_get::<_, WireLen>(13)?.0);
+        if i64::try_from(batch.events.len()).unwrap_or(i64::MAX) >= limit {
+            batch.more = true;
+            break;
+        }
+        if bytes >= max_bytes {
+            // Rows may or may not follow; saying "more" costs at most one empty read.
+            batch.more = true;
+            break;
+        }
     }
     Ok(batch)
+}
+
+/// The length of a column's value as sent, whatever its type (`NULL` is 0).
+struct WireLen(i64);
+
+impl<'a> FromSql<'a> for WireLen {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireLen(i64::try_from(raw.len()).unwrap_or(i64::MAX)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireLen(0))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
 }
 
 /// How long the oldest committed row past `after` has been waiting behind the
@@ -176,6 +191,25 @@ async fn query_prepared(
             client.statement_cache.remove(sql, &[]);
             let statement = client.prepare_cached(sql).await?;
             Ok(client.query(&statement, params).await?)
+        }
+        result => Ok(result?),
+    }
+}
+
+/// Like [`query_prepared`], but streams the rows as they arrive.
+async fn query_stream_prepared(
+    client: &ClientWrapper,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<RowStream, DbError> {
+    let statement = client.prepare_cached(sql).await?;
+    match client.query_raw(&statement, params.iter().copied()).await {
+        // "cached plan must not change result type" (see `query_prepared`): reported at
+        // bind time, before any row.
+        Err(err) if err.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) => {
+            client.statement_cache.remove(sql, &[]);
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query_raw(&statement, params.iter().copied()).await?)
         }
         result => Ok(result?),
     }
