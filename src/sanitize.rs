@@ -178,6 +178,9 @@ struct Patterns {
     limits: Limits,
     /// Token formats with a literal prefix; the regex engine scans for the prefixes first.
     shapes: Regex,
+    /// The shortest string `shapes` can match: shorter strings skip it (most strings
+    /// are ids and names shorter than any token).
+    shapes_min_len: usize,
     /// `scheme://user:pass@` and `scheme://<long user>@`; run only on strings with `://`.
     url_credentials: Regex,
     /// Rule 5 shapes.
@@ -317,6 +320,15 @@ fn field_rule(event_type: &str, key: &str) -> Option<FieldRule> {
     }
 }
 
+/// The length in bytes of the shortest string `pattern` matches.
+fn minimum_len(pattern: &str) -> usize {
+    regex_syntax::parse(pattern)
+        .unwrap_or_else(|err| panic!("built-in pattern {pattern:?} is invalid: {err}"))
+        .properties()
+        .minimum_len()
+        .unwrap_or(0)
+}
+
 fn compile(pattern: &str) -> Regex {
     Regex::new(pattern)
         .expect("the built-in sanitizer patterns are valid regular expressions (unit-tested)")
@@ -344,6 +356,7 @@ impl Sanitizer {
         Self {
             inner: Arc::new(Patterns {
                 limits,
+                shapes_min_len: minimum_len(&shapes),
                 shapes: compile(&shapes),
                 url_credentials: compile(URL_CREDENTIALS),
                 channel_word: compile(r"^[A-Za-z][A-Za-z_.-]{0,31}$"),
@@ -410,7 +423,7 @@ impl Sanitizer {
 
 impl Patterns {
     fn is_secret_shaped(&self, value: &str) -> bool {
-        self.shapes.is_match(value)
+        (value.len() >= self.shapes_min_len && self.shapes.is_match(value))
             || (value.contains("://") && self.url_credentials.is_match(value))
             || has_secret_assignment(value)
     }
@@ -880,6 +893,20 @@ mod tests {
         }
         // Building the sanitizer compiles the rest.
         let _ = Sanitizer::new();
+    }
+
+    #[test]
+    fn strings_shorter_than_any_shape_skip_the_scan_and_the_shortest_is_still_caught() {
+        let sanitizer = Sanitizer::new();
+        let min = sanitizer.inner.shapes_min_len;
+        // The shortest shape is a Slack token (`xox?-` and 10 more); the skip must not
+        // be longer than that, and must be in effect.
+        assert!((8..=15).contains(&min), "minimum shape length {min}");
+        assert!(sanitizer.is_secret_shaped("xoxb-0123456789"));
+        assert!(!sanitizer.is_secret_shaped("xoxb-012345678"));
+        for shape in SECRET_SHAPES {
+            assert!(minimum_len(shape) >= min, "{shape}");
+        }
     }
 
     #[test]
