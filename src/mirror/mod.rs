@@ -351,6 +351,15 @@ impl Mirror {
                     self.maybe_publish(&mut state, false).await;
                     // A failed fsync took lines back: what was read after them is stale.
                     prefetched = if moved { None } else { next };
+                    // A short batch took everything readable: wait for the doorbell now
+                    // rather than read again at once (an empty read per event when
+                    // following live commits). A ring during the write left a permit,
+                    // so nothing committed meanwhile waits longer.
+                    if !full && !moved {
+                        if let Err(err) = self.idle(&mut state, &shutdown).await {
+                            return self.halt(err, &shutdown).await;
+                        }
+                    }
                 }
                 Err((err, batch)) => {
                     telemetry::mirror::mirror_failed("write", &err);
