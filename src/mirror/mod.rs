@@ -329,7 +329,7 @@ impl Mirror {
                 let (written, next) = tokio::join!(self.write(batch), self.read(after));
                 (written, next.ok())
             } else {
-                (self.write(batch).await, None)
+                self.write_reading_ahead_on_ring(batch, after).await
             };
             match written {
                 Ok(durable) => {
@@ -355,7 +355,7 @@ impl Mirror {
                     // rather than read again at once (an empty read per event when
                     // following live commits). A ring during the write left a permit,
                     // so nothing committed meanwhile waits longer.
-                    if !full && !moved {
+                    if !full && !moved && prefetched.is_none() {
                         if let Err(err) = self.idle(&mut state, &shutdown).await {
                             return self.halt(err, &shutdown).await;
                         }
@@ -524,6 +524,27 @@ impl Mirror {
                 Ok(appended.durable)
             }
             Err(err) => Err((MirrorError::Sink(err), batch)),
+        }
+    }
+
+    /// Writes a short batch; if the doorbell rings meanwhile (a commit while this batch
+    /// is sanitized, appended and fsync'd), reads the next batch at the same time
+    /// instead of after, so that a commit arriving during an fsync waits for the longer
+    /// of the two rather than both.
+    async fn write_reading_ahead_on_ring(
+        &self,
+        batch: Batch,
+        after: Position,
+    ) -> (Result<bool, (MirrorError, Batch)>, Option<Batch>) {
+        let write = self.write(batch);
+        tokio::pin!(write);
+        tokio::select! {
+            biased;
+            written = &mut write => (written, None),
+            _ = self.doorbell.rings.notified() => {
+                let (written, next) = tokio::join!(&mut write, self.read(after));
+                (written, next.ok())
+            }
         }
     }
 
