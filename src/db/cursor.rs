@@ -120,12 +120,9 @@ pub async fn read_batch(
             metadata: row.try_get::<_, BoundedJson>(13)?.0,
         });
         bytes = bytes.saturating_add(row.try_get::<_, WireLen>(13)?.0);
-        if i64::try_from(batch.events.len()).unwrap_or(i64::MAX) >= limit {
-            batch.more = true;
-            break;
-        }
-        if bytes >= max_bytes {
-            // Rows may or may not follow; saying "more" costs at most one empty read.
+        // At the row limit or the byte budget, rows may or may not follow; saying
+        // "more" costs at most one empty read.
+        if i64::try_from(batch.events.len()).unwrap_or(i64::MAX) >= limit || bytes >= max_bytes {
             batch.more = true;
             break;
         }
@@ -183,17 +180,10 @@ async fn query_prepared(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, DbError> {
-    let statement = client.prepare_cached(sql).await?;
-    match client.query(&statement, params).await {
-        // "cached plan must not change result type": a column was altered under the
-        // prepared statement. Forget it and prepare afresh, once.
-        Err(err) if err.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) => {
-            client.statement_cache.remove(sql, &[]);
-            let statement = client.prepare_cached(sql).await?;
-            Ok(client.query(&statement, params).await?)
-        }
-        result => Ok(result?),
-    }
+    Ok(query_stream_prepared(client, sql, params)
+        .await?
+        .try_collect()
+        .await?)
 }
 
 /// Like [`query_prepared`], but streams the rows as they arrive.
@@ -204,8 +194,9 @@ async fn query_stream_prepared(
 ) -> Result<RowStream, DbError> {
     let statement = client.prepare_cached(sql).await?;
     match client.query_raw(&statement, params.iter().copied()).await {
-        // "cached plan must not change result type" (see `query_prepared`): reported at
-        // bind time, before any row.
+        // "cached plan must not change result type": a column was altered under the
+        // prepared statement (reported at bind time, before any row). Forget it and
+        // prepare afresh, once.
         Err(err) if err.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) => {
             client.statement_cache.remove(sql, &[]);
             let statement = client.prepare_cached(sql).await?;

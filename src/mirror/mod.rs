@@ -67,8 +67,9 @@ const CAUGHT_UP_DESPITE_WAIT: Duration = Duration::from_secs(30);
 const EXTEND_START_EVERY: Duration = Duration::from_secs(10);
 
 /// What one read may pull into memory (metadata bytes as received; the first row
-/// always comes). With the batch being written and the next one read ahead, about twice this
-/// is in flight at most, which keeps a catch-up's memory flat however large the rows.
+/// always comes). With the batch being written and the next one read ahead, about
+/// twice this is in flight at most, which keeps a catch-up's memory flat however large
+/// the rows.
 const MAX_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 /// How often the durable position is published to the database at most.
