@@ -10,6 +10,7 @@ mod support;
 use std::time::Duration;
 
 use rand::Rng;
+use support::tmpfs::Tmpfs;
 use support::writers::{self, Shapes, Writers};
 use support::{
     compare_ids, read_sink_ids, read_sink_lines, wait_for, wait_for_lines, DaemonConfig,
@@ -490,42 +491,6 @@ fn which(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    path: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a small tmpfs, or `None` when this process may not mount (not root).
-    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).ok()?;
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| Tmpfs {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // A read-only remount cannot be staged under a running daemon (Linux refuses it with
 // EBUSY while a file is open for writing); ENOSPC exercises the same path: failed
@@ -533,11 +498,14 @@ impl Drop for Tmpfs {
 async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_loss() {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "256k") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        return;
+    let fs = match Tmpfs::mount(&dir.path().join("mnt"), 256 * 1024) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
+            return;
+        }
     };
-    let sink = fs.path.join("sink");
+    let sink = fs.path().join("sink");
     let org = writers::create_org(db.url(), "acme-dev").await;
     let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
@@ -551,14 +519,7 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
     assert!(wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
 
     // Full: a filler takes every byte left.
-    let filler = fs.path.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
+    fs.fill().unwrap();
     insert_n(db.url(), org, 400).await;
     let body = daemon
         .wait_not_ready(Duration::from_secs(30))
@@ -580,14 +541,12 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
         .any(|l| l.starts_with("compartment_audit_sink_write_errors_total") && !l.ends_with(" 0")));
 
     // Space again: everything arrives, once.
-    std::fs::remove_file(&filler).unwrap();
+    fs.free().unwrap();
     assert!(
         daemon.wait_ready(Duration::from_secs(60)).await,
         "not ready after freeing space: {}",
         daemon.log_text()
     );
-    assert_sink_matches_table(db.url(), &sink).await;
-
     assert_sink_matches_table(db.url(), &sink).await;
 }
 
@@ -595,11 +554,14 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
 async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "512k") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        return;
+    let fs = match Tmpfs::mount(&dir.path().join("mnt"), 512 * 1024) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
+            return;
+        }
     };
-    let sink = fs.path.join("sink");
+    let sink = fs.path().join("sink");
     let org = writers::create_org(db.url(), "acme-dev").await;
     let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
@@ -616,7 +578,7 @@ async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
 
     // Leave room for a few 4K files: a 300-line batch (~100K) rotates several times
     // and then runs out of space in the middle.
-    let filler = fs.path.join("filler");
+    let filler = fs.path().join("filler");
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&filler).unwrap();
