@@ -184,7 +184,8 @@ async fn build_template(url: &str, rows: i64, orgs: i64, fresh: i64, now: DateTi
         .expect("insert organizations");
     // Expired rows from 200 to 100 days ago, fresh ones within the last 30 days; the
     // organization cycles with every row, so each organization's rows are spread
-    // over the whole table, as in a real log.
+    // over the whole table, as in a real log. In time order, as a log is appended
+    // (without ORDER BY the join's output order would scatter them over the table).
     let insert = "
         WITH o AS (SELECT row_number() OVER (ORDER BY id) - 1 AS n, id FROM organizations)
         INSERT INTO audit_events (organization_id, occurred_at, event_type, actor_type,
@@ -193,7 +194,8 @@ async fn build_template(url: &str, rows: i64, orgs: i64, fresh: i64, now: DateTi
                'usr_' || (g % 97), 'ops@example.com', 'user', 'usr_t' || g,
                '{\"email\": \"new@example.com\", \"role_ids\": [\"role_1\"], \"invited_via\": \"console\"}'
         FROM generate_series(1, $1::bigint) AS g
-        JOIN o ON o.n = g % (SELECT count(*) FROM organizations)";
+        JOIN o ON o.n = g % (SELECT count(*) FROM organizations)
+        ORDER BY g";
     let interval = |span: TimeDelta, count: i64| {
         format!(
             "{} microseconds",
