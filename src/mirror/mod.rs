@@ -23,6 +23,7 @@
 //! wait behind an open transaction — a short re-poll timer.
 
 pub mod admin;
+mod commit;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -295,11 +296,20 @@ impl Mirror {
             system_identifier,
             start: position,
             start_line: recovery.last_line.clone(),
+            syncing: None,
+            unsynced: commit::Unsynced::default(),
         };
         let mut prefetched: Option<Batch> = None;
         while !shutdown.is_cancelled() {
             self.health.beat(CHECK_MIRROR);
             self.apply_reload().await;
+            // Group commit: a finished fsync moves the durable position.
+            match self.finish_sync(&mut state, false, &shutdown).await {
+                // A failed fsync took lines back: what was read after them is stale.
+                Ok(true) => prefetched = None,
+                Ok(false) => {}
+                Err(err) => return self.halt(err, &shutdown).await,
+            }
             let batch = match prefetched.take() {
                 Some(batch) => batch,
                 None => match self.read(state.appended).await {
@@ -333,12 +343,16 @@ impl Mirror {
                 self.write_reading_ahead_on_ring(batch, after).await
             };
             match written {
-                Ok(durable) => {
+                Ok(written) => {
                     backoff.reset();
                     telemetry::mirror::mirror_recovered();
                     self.health.set_ok(CHECK_SINK);
                     state.appended = after;
-                    if durable {
+                    if let Some((occurred_at, last_id)) = written.unsynced {
+                        state.unsynced.add(occurred_at.into_iter(), last_id);
+                    }
+                    self.appended(&mut state, written.runner);
+                    if written.durable {
                         state.durable = after;
                         state.last_sync = Instant::now();
                     } else if self.sink_settings.fsync == FsyncPolicy::Never {
@@ -365,6 +379,10 @@ impl Mirror {
                 Err((err, batch)) => {
                     telemetry::mirror::mirror_failed("write", &err);
                     self.health.set_failing(CHECK_SINK, err.to_string());
+                    // A running fsync is the sink's to settle now; what it covered
+                    // is durable only if the sink still holds it.
+                    state.syncing = None;
+                    state.unsynced = commit::Unsynced::default();
                     prefetched = match self
                         .resume_after_sink_error(&mut state, Some(batch), &shutdown)
                         .await
@@ -492,9 +510,10 @@ impl Mirror {
     /// Sanitizes, encodes and appends a batch off the async workers. Returns whether
     /// it is durable; on failure hands the batch back, and
     /// [`Mirror::resume_after_sink_error`] works out which part of it the sink kept.
-    async fn write(&self, batch: Batch) -> Result<bool, (MirrorError, Batch)> {
+    async fn write(&self, batch: Batch) -> Result<Written, (MirrorError, Batch)> {
         let sink = self.sink.clone();
         let sanitizer = self.sanitizer.clone();
+        let group_commit = self.group_commit();
         let task = tokio::task::spawn_blocking(move || {
             let mut lines = Vec::with_capacity(batch.events.len() * 512);
             for event in &batch.events {
@@ -502,7 +521,22 @@ impl Mirror {
                 telemetry::sanitize::record(&report);
                 crate::event::encode_line(&sanitized, &mut lines);
             }
-            let result = lock(&sink).append(&lines);
+            let mut sink = lock(&sink);
+            let result = if group_commit {
+                // The fsync runs outside the sink, while the next batch is read and
+                // appended (see `commit`); one starts now unless one is running.
+                sink.append_unsynced(&lines).and_then(|appended| {
+                    let runner = if sink.sync_outstanding() {
+                        None
+                    } else {
+                        sink.start_sync()?
+                    };
+                    Ok((appended, runner))
+                })
+            } else {
+                sink.append(&lines).map(|appended| (appended, None))
+            };
+            drop(sink);
             (result, batch)
         });
         let (result, batch) = match task.await {
@@ -514,15 +548,33 @@ impl Mirror {
             }
         };
         match result {
-            Ok(appended) => {
-                let now = chrono::Utc::now();
-                if let Some(last) = batch.events.last() {
-                    let lags = batch.events.iter().map(|e| {
-                        (now - e.occurred_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+            Ok((appended, runner)) => {
+                let Some(last) = batch.events.last() else {
+                    return Ok(Written {
+                        durable: appended.durable,
+                        runner,
+                        unsynced: None,
                     });
-                    telemetry::mirror::batch_durable(batch.events.len(), last.id, lags);
+                };
+                if group_commit {
+                    // Counted once an fsync has made them durable.
+                    let unsynced = (batch.events.iter().map(|e| e.occurred_at).collect(), last.id);
+                    return Ok(Written {
+                        durable: appended.durable,
+                        runner,
+                        unsynced: Some(unsynced),
+                    });
                 }
-                Ok(appended.durable)
+                let now = chrono::Utc::now();
+                let lags = batch.events.iter().map(|e| {
+                    (now - e.occurred_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+                });
+                telemetry::mirror::batch_durable(batch.events.len(), last.id, lags);
+                Ok(Written {
+                    durable: appended.durable,
+                    runner,
+                    unsynced: None,
+                })
             }
             Err(err) => Err((MirrorError::Sink(err), batch)),
         }
@@ -536,7 +588,7 @@ impl Mirror {
         &self,
         batch: Batch,
         after: Position,
-    ) -> (Result<bool, (MirrorError, Batch)>, Option<Batch>) {
+    ) -> (Result<Written, (MirrorError, Batch)>, Option<Batch>) {
         let write = self.write(batch);
         tokio::pin!(write);
         tokio::select! {
@@ -602,10 +654,19 @@ impl Mirror {
                 .max(Duration::from_millis(1))
         });
         let timer = sync_due.map_or(timer, |due| timer.min(due));
+        // Group commit: the running fsync finishing moves the durable position.
+        let synced = state.syncing.as_ref().map(|s| Arc::clone(&s.done));
+        let synced = async {
+            match synced {
+                Some(done) => done.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = self.doorbell.rings.notified() => {}
             _ = tokio::time::sleep(timer) => {}
+            () = synced => {}
         }
         Ok(())
     }
@@ -618,6 +679,14 @@ impl Mirror {
         force: bool,
         shutdown: &CancellationToken,
     ) -> Result<bool, MirrorError> {
+        // Group commit: the running fsync (waited for when forced), or one for lines
+        // that have none yet. Forced, the synchronous fsync below covers the rest.
+        if self.finish_sync(state, force, shutdown).await? {
+            return Ok(true);
+        }
+        if self.group_commit() && !force {
+            return self.ensure_sync(state, shutdown).await;
+        }
         if state.durable == state.appended {
             return Ok(false);
         }
@@ -804,6 +873,16 @@ impl Mirror {
 }
 
 /// Positions of the running loop.
+/// What [`Mirror::write`] did.
+struct Written {
+    /// Everything appended so far is durable.
+    durable: bool,
+    /// Group commit: an fsync the sink handed out, to start now.
+    runner: Option<crate::sink::SyncRunner>,
+    /// Group commit: the batch's commit times and last id, counted once durable.
+    unsynced: Option<(Vec<chrono::DateTime<chrono::Utc>>, i64)>,
+}
+
 struct LoopState {
     /// After the last line appended.
     appended: Position,
@@ -822,6 +901,10 @@ struct LoopState {
     start: Position,
     /// See `start`.
     start_line: Option<Vec<u8>>,
+    /// Group commit (`fsync = always`): the fsync running, if any.
+    syncing: Option<commit::Syncing>,
+    /// Group commit: events appended since the running fsync started.
+    unsynced: commit::Unsynced,
 }
 
 fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {

@@ -44,6 +44,7 @@
 //! Rotation always fsyncs the file before renaming it, also under `never`.
 
 mod compress;
+mod deferred;
 mod dir;
 mod error;
 mod names;
@@ -62,6 +63,7 @@ use rustix::io::Errno;
 
 pub use error::{DirProblem, SinkError, SinkOp};
 pub use names::{ACTIVE, ACTIVE_META, LOCK, STATE};
+pub use deferred::SyncRunner;
 pub use recover::Recovery;
 
 use compress::{Compressor, CompressorConfig};
@@ -266,6 +268,8 @@ pub struct FileSink {
     last_error: Option<SinkFailure>,
     /// The background compressor.
     compressor: Option<Compressor>,
+    /// An fsync running outside the sink ([`FileSink::start_sync`]).
+    outstanding: Option<deferred::Outstanding>,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -364,6 +368,7 @@ impl FileSink {
             compress_due: Vec::new(),
             reserve: true,
             last_error: None,
+            outstanding: None,
             compressor: Some(compressor),
         };
         Ok((sink, recovery))
@@ -379,6 +384,17 @@ impl FileSink {
     /// On error nothing of the failed part is left (no half line), the error is
     /// returned and the sink reports not writable; resume after [`Self::last_line`].
     pub fn append(&mut self, lines: &[u8]) -> Result<Appended, SinkError> {
+        self.append_with(lines, false)
+    }
+
+    /// [`Self::append`], except that under `fsync = always` the fsync is left to the
+    /// caller: [`Self::start_sync`] and [`Self::complete_sync`] (group commit; see
+    /// `deferred`). Rotations still fsync the file they close.
+    pub fn append_unsynced(&mut self, lines: &[u8]) -> Result<Appended, SinkError> {
+        self.append_with(lines, true)
+    }
+
+    fn append_with(&mut self, lines: &[u8], defer: bool) -> Result<Appended, SinkError> {
         if lines.is_empty() {
             return Ok(Appended {
                 durable: self.is_durable(),
@@ -387,12 +403,20 @@ impl FileSink {
         if lines.last() != Some(&b'\n') {
             return Err(SinkError::PartialLine);
         }
+        // An fsync that failed meanwhile took lines back: this batch would follow a
+        // gap. The caller resumes after `last_line` instead.
+        self.settle_outstanding(false)?;
         let now = self.clock.now();
-        let result = self.append_at(lines, now);
+        let result = self.append_at(lines, now, defer);
         self.settle(result, now)
     }
 
-    fn append_at(&mut self, lines: &[u8], now: SystemTime) -> Result<Appended, SinkError> {
+    fn append_at(
+        &mut self,
+        lines: &[u8],
+        now: SystemTime,
+        defer: bool,
+    ) -> Result<Appended, SinkError> {
         self.ensure_active(now)?;
         self.nudge_if_due(now);
         self.rotate_if_due_at(now)?;
@@ -424,7 +448,7 @@ impl FileSink {
             rest = remaining;
         }
         let sync_now = match self.opts.fsync {
-            FsyncPolicy::Always => true,
+            FsyncPolicy::Always => !defer,
             FsyncPolicy::Interval => {
                 rotated
                     || now
@@ -482,6 +506,9 @@ impl FileSink {
     /// (the kernel may have dropped the dirty pages and cleared the error): the file
     /// is reopened and cut back to the last durable length.
     fn sync_active(&mut self, now: SystemTime) -> Result<(), SinkError> {
+        // An outstanding fsync of the same open file may have consumed an error this
+        // one would not see: apply its result first.
+        self.settle_outstanding(true)?;
         let dir = Arc::clone(&self.dir);
         let active = self.active_file(now)?;
         if active.synced_len == active.len {
@@ -495,15 +522,23 @@ impl FileSink {
                 Ok(())
             }
             Err(e) => {
-                let synced_len = active.synced_len;
-                self.active = None;
-                self.truncate_on_reopen = Some(synced_len);
-                self.last_line.clone_from(&self.synced_last_line);
-                if let Err(reopen) = self.ensure_active(now) {
-                    tracing::warn!(error = %reopen, "Could not reopen the active audit file yet.");
-                }
+                self.abandon_unsynced(now);
                 Err(e)
             }
+        }
+    }
+
+    /// After a failed fsync: the descriptor is never fsync'd again; the file is
+    /// reopened and cut back to its last durable length, and `last_line` falls back
+    /// to the last line on disk.
+    fn abandon_unsynced(&mut self, now: SystemTime) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        self.truncate_on_reopen = Some(active.synced_len);
+        self.last_line.clone_from(&self.synced_last_line);
+        if let Err(reopen) = self.ensure_active(now) {
+            tracing::warn!(error = %reopen, "Could not reopen the active audit file yet.");
         }
     }
 

@@ -112,6 +112,12 @@ impl ActiveFile {
         Ok(())
     }
 
+    /// A second descriptor of the same open file, for an fsync run outside the sink
+    /// (it shares the file's write-back error state; see `deferred`).
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Cuts the file back to `len` bytes.
     pub fn truncate(&mut self, dir: &SinkDir, len: u64) -> Result<(), SinkError> {
         rustix::fs::ftruncate(&self.file, len).map_err(|e| dir.err(SinkOp::Truncate, ACTIVE, e))?;
