@@ -29,7 +29,10 @@ use crate::db::cursor::Position;
 use crate::sink::{Appended, FileSink, SinkError, SyncRunner};
 
 /// What completing an fsync gave: its result, then the next fsync to run.
-type Completed = (Result<Appended, SinkError>, Result<Option<SyncRunner>, SinkError>);
+type Completed = (
+    Result<Appended, SinkError>,
+    Result<Option<SyncRunner>, SinkError>,
+);
 use crate::telemetry;
 
 /// Events appended but not yet durable, for the metrics recorded when they are.
@@ -54,9 +57,10 @@ impl Unsynced {
             return;
         };
         let now = Utc::now();
-        let lags = self.occurred_at.iter().map(|at| {
-            (now - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
-        });
+        let lags = self
+            .occurred_at
+            .iter()
+            .map(|at| (now - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
         telemetry::mirror::batch_durable(self.occurred_at.len(), last_id, lags);
     }
 }

@@ -558,7 +558,10 @@ impl Mirror {
                 };
                 if group_commit {
                     // Counted once an fsync has made them durable.
-                    let unsynced = (batch.events.iter().map(|e| e.occurred_at).collect(), last.id);
+                    let unsynced = (
+                        batch.events.iter().map(|e| e.occurred_at).collect(),
+                        last.id,
+                    );
                     return Ok(Written {
                         durable: appended.durable,
                         runner,

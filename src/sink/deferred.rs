@@ -228,36 +228,53 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut sink = open(tmp.path(), 1 << 20);
         assert!(!sink.append_unsynced(&line(1)).expect("append 1").durable);
-        let runner = sink.start_sync().expect("start").expect("something to fsync");
-        assert!(sink.start_sync().expect("start again").is_none(), "one at a time");
+        let runner = sink
+            .start_sync()
+            .expect("start")
+            .expect("something to fsync");
+        assert!(
+            sink.start_sync().expect("start again").is_none(),
+            "one at a time"
+        );
         // Appended while the fsync runs: visible, not covered by it.
         assert!(!sink.append_unsynced(&line(2)).expect("append 2").durable);
         assert!(sink.sync_outstanding());
         runner.run();
-        assert!(!sink.complete_sync().expect("complete").durable, "line 2 is not durable yet");
+        assert!(
+            !sink.complete_sync().expect("complete").durable,
+            "line 2 is not durable yet"
+        );
         assert!(!sink.sync_outstanding());
         let next = sink.start_sync().expect("start").expect("line 2 to fsync");
         next.run();
         assert!(sink.complete_sync().expect("complete").durable);
         assert_eq!(active(tmp.path()), [line(1), line(2)].concat());
-        assert!(sink.start_sync().expect("start").is_none(), "nothing left to fsync");
+        assert!(
+            sink.start_sync().expect("start").is_none(),
+            "nothing left to fsync"
+        );
     }
 
     #[test]
     fn a_failed_fsync_takes_back_everything_since_the_last_good_one() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut sink = open(tmp.path(), 1 << 20);
-        sink.append(&line(1)).expect("append 1 (fsync'd)");
-        sink.append_unsynced(&line(2)).expect("append 2");
+        assert!(sink.append(&line(1)).expect("append 1 (fsync'd)").durable);
+        assert!(!sink.append_unsynced(&line(2)).expect("append 2").durable);
         let runner = sink.start_sync().expect("start").expect("line 2 to fsync");
-        sink.append_unsynced(&line(3)).expect("append 3 while the fsync runs");
+        assert!(
+            !sink
+                .append_unsynced(&line(3))
+                .expect("append 3 while the fsync runs")
+                .durable
+        );
         fail(runner);
         let err = sink.complete_sync().expect_err("the fsync failed");
         assert!(err.to_string().contains("fsync"), "{err}");
         // Lines 2 and 3 are taken back; the caller resumes after line 1.
         assert_eq!(sink.last_line(), Some(&line(1)[..line(1).len() - 1]));
         assert_eq!(active(tmp.path()), line(1));
-        sink.append(&line(2)).expect("append 2 again");
+        assert!(sink.append(&line(2)).expect("append 2 again").durable);
         assert_eq!(active(tmp.path()), [line(1), line(2)].concat());
     }
 
@@ -265,12 +282,13 @@ mod tests {
     fn an_append_after_a_failed_fsync_fails_rather_than_leave_a_gap() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut sink = open(tmp.path(), 1 << 20);
-        sink.append_unsynced(&line(1)).expect("append 1");
+        assert!(!sink.append_unsynced(&line(1)).expect("append 1").durable);
         let runner = sink.start_sync().expect("start").expect("line 1 to fsync");
         fail(runner);
         // The caller has not completed the fsync yet and appends line 2: line 1 is
         // gone, so line 2 must not be written after it.
-        sink.append_unsynced(&line(2)).expect_err("the failed fsync comes first");
+        sink.append_unsynced(&line(2))
+            .expect_err("the failed fsync comes first");
         assert_eq!(sink.last_line(), None);
         assert!(active(tmp.path()).is_empty());
         assert!(!sink.sync_outstanding());
@@ -282,8 +300,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         // Two lines fit; the third rotates.
         let mut sink = open(tmp.path(), 2 * line(1).len() as u64 + 10);
-        sink.append(&line(1)).expect("append 1");
-        sink.append_unsynced(&line(2)).expect("append 2");
+        assert!(sink.append(&line(1)).expect("append 1").durable);
+        assert!(!sink.append_unsynced(&line(2)).expect("append 2").durable);
         let runner = sink.start_sync().expect("start").expect("line 2 to fsync");
         let failing = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
@@ -291,13 +309,28 @@ mod tests {
         });
         // Rotating would rename a file whose fsync failed: the append waits for it,
         // applies the failure and reports it instead.
-        sink.append_unsynced(&line(3)).expect_err("the fsync failed");
+        sink.append_unsynced(&line(3))
+            .expect_err("the fsync failed");
         failing.join().expect("runner thread");
-        assert_eq!(active(tmp.path()), line(1), "line 2 taken back, nothing rotated");
+        assert_eq!(
+            active(tmp.path()),
+            line(1),
+            "line 2 taken back, nothing rotated"
+        );
         let runner = sink.start_sync().expect("start");
         assert!(runner.is_none(), "line 1 is durable");
-        sink.append_unsynced(&line(2)).expect("append 2 again");
-        sink.append_unsynced(&line(3)).expect("append 3: rotates");
+        assert!(
+            !sink
+                .append_unsynced(&line(2))
+                .expect("append 2 again")
+                .durable
+        );
+        assert!(
+            !sink
+                .append_unsynced(&line(3))
+                .expect("append 3: rotates")
+                .durable
+        );
         let names: Vec<String> = std::fs::read_dir(tmp.path())
             .expect("list")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -61,9 +61,9 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
+pub use deferred::SyncRunner;
 pub use error::{DirProblem, SinkError, SinkOp};
 pub use names::{ACTIVE, ACTIVE_META, LOCK, STATE};
-pub use deferred::SyncRunner;
 pub use recover::Recovery;
 
 use compress::{Compressor, CompressorConfig};
