@@ -7,7 +7,10 @@
 //! appended; they count as durable — the position moves, is published, is recorded —
 //! only once an fsync that started after them has succeeded ([`Mirror::finish_sync`]).
 //! The next fsync then covers everything appended meanwhile, so a busy stream still
-//! gets one fsync per batch, and a batch no longer waits for the previous one's.
+//! gets one fsync per batch, and a batch no longer waits for the previous one's. At
+//! most one batch is appended beyond the running fsync; the next waits for it, which
+//! bounds what is visible but not yet durable, and lets a hung disk stall the pipeline
+//! (and readiness) as before.
 //!
 //! A failed fsync is applied by the sink (everything since the last good fsync is
 //! taken back, see `crate::sink`); the mirror then resumes after the sink's last line,
@@ -49,6 +52,11 @@ impl Unsynced {
     pub(super) fn add(&mut self, occurred_at: impl Iterator<Item = DateTime<Utc>>, last_id: i64) {
         self.occurred_at.extend(occurred_at);
         self.last_id = Some(last_id);
+    }
+
+    /// Whether no event awaits an fsync that has not started yet.
+    pub(super) fn is_empty(&self) -> bool {
+        self.last_id.is_none()
     }
 
     /// Records them as durable now.

@@ -323,6 +323,17 @@ impl Mirror {
                     }
                 },
             };
+            // Group commit keeps at most one batch appended beyond the running fsync:
+            // the next waits for it, so a slow or hung disk holds the pipeline back
+            // (and shows as a stall) instead of letting unsynced lines pile up.
+            if state.syncing.is_some() && !state.unsynced.is_empty() && !batch.events.is_empty() {
+                match self.finish_sync(&mut state, true, &shutdown).await {
+                    // A failed fsync took lines back: this batch follows a gap.
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(err) => return self.halt(err, &shutdown).await,
+                }
+            }
             // A full batch means more is probably waiting: read it while this one is
             // written. (Whether a short one means "caught up" is decided in `idle`.)
             let full = batch.more;
