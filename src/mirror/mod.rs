@@ -660,8 +660,9 @@ impl Mirror {
             .then(|| PUBLISH_INTERVAL.saturating_sub(state.published_at.elapsed()))
             .filter(|due| !due.is_zero());
         let timer = publish_due.map_or(timer, |due| timer.min(due));
-        // Wake up when the pending fsync falls due.
-        let sync_due = (state.durable != state.appended).then(|| {
+        // Wake up when the pending fsync falls due (policy `interval`; under group
+        // commit the running fsync's completion wakes us below).
+        let sync_due = (!self.group_commit() && state.durable != state.appended).then(|| {
             self.sink_settings
                 .fsync_interval
                 .saturating_sub(state.last_sync.elapsed())
@@ -718,6 +719,10 @@ impl Mirror {
             Ok(Err(err)) => {
                 telemetry::mirror::mirror_failed("sync", &err);
                 self.health.set_failing(CHECK_SINK, err.to_string());
+                // A group-commit fsync the sink settled with this failure covered
+                // lines that are gone now.
+                state.syncing = None;
+                state.unsynced = commit::Unsynced::default();
                 // The sink took back everything since its last good fsync.
                 let before = state.appended;
                 self.resume_after_sink_error(state, None, shutdown).await?;
