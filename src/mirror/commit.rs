@@ -29,16 +29,18 @@ use tokio::task::JoinHandle;
 use super::{lock, LoopState, Mirror, MirrorError, CHECK_SINK};
 use crate::config::FsyncPolicy;
 use crate::db::cursor::Position;
+use crate::event::AuditEvent;
 use crate::sink::{Appended, FileSink, SinkError, SyncRunner};
+use crate::telemetry;
 
 /// What completing an fsync gave: its result, then the next fsync to run.
 type Completed = (
     Result<Appended, SinkError>,
     Result<Option<SyncRunner>, SinkError>,
 );
-use crate::telemetry;
 
-/// Events appended but not yet durable, for the metrics recorded when they are.
+/// Events appended, for the metrics recorded once they are durable: at once without
+/// group commit, when their fsync completes with it.
 #[derive(Debug, Default)]
 pub(super) struct Unsynced {
     /// When each was committed (its `occurred_at`), for the lag histogram.
@@ -48,10 +50,18 @@ pub(super) struct Unsynced {
 }
 
 impl Unsynced {
-    /// Notes a batch just appended.
-    pub(super) fn add(&mut self, occurred_at: impl Iterator<Item = DateTime<Utc>>, last_id: i64) {
-        self.occurred_at.extend(occurred_at);
-        self.last_id = Some(last_id);
+    /// The events of a batch just appended.
+    pub(super) fn of(events: &[AuditEvent]) -> Unsynced {
+        Unsynced {
+            occurred_at: events.iter().map(|e| e.occurred_at).collect(),
+            last_id: events.last().map(|e| e.id),
+        }
+    }
+
+    /// Adds the events of a later batch.
+    pub(super) fn extend(&mut self, later: Unsynced) {
+        self.occurred_at.extend(later.occurred_at);
+        self.last_id = later.last_id.or(self.last_id);
     }
 
     /// Whether no event awaits an fsync that has not started yet.
@@ -60,7 +70,7 @@ impl Unsynced {
     }
 
     /// Records them as durable now.
-    fn record(self) {
+    pub(super) fn record(self) {
         let Some(last_id) = self.last_id else {
             return;
         };

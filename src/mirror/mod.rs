@@ -359,9 +359,7 @@ impl Mirror {
                     telemetry::mirror::mirror_recovered();
                     self.health.set_ok(CHECK_SINK);
                     state.appended = after;
-                    if let Some((occurred_at, last_id)) = written.unsynced {
-                        state.unsynced.add(occurred_at.into_iter(), last_id);
-                    }
+                    state.unsynced.extend(written.unsynced);
                     self.appended(&mut state, written.runner);
                     if written.durable {
                         state.durable = after;
@@ -560,34 +558,18 @@ impl Mirror {
         };
         match result {
             Ok((appended, runner)) => {
-                let Some(last) = batch.events.last() else {
-                    return Ok(Written {
-                        durable: appended.durable,
-                        runner,
-                        unsynced: None,
-                    });
-                };
-                if group_commit {
+                let events = commit::Unsynced::of(&batch.events);
+                let unsynced = if group_commit {
                     // Counted once an fsync has made them durable.
-                    let unsynced = (
-                        batch.events.iter().map(|e| e.occurred_at).collect(),
-                        last.id,
-                    );
-                    return Ok(Written {
-                        durable: appended.durable,
-                        runner,
-                        unsynced: Some(unsynced),
-                    });
-                }
-                let now = chrono::Utc::now();
-                let lags = batch.events.iter().map(|e| {
-                    (now - e.occurred_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
-                });
-                telemetry::mirror::batch_durable(batch.events.len(), last.id, lags);
+                    events
+                } else {
+                    events.record();
+                    commit::Unsynced::default()
+                };
                 Ok(Written {
                     durable: appended.durable,
                     runner,
-                    unsynced: None,
+                    unsynced,
                 })
             }
             Err(err) => Err((MirrorError::Sink(err), batch)),
@@ -891,17 +873,18 @@ impl Mirror {
     }
 }
 
-/// Positions of the running loop.
 /// What [`Mirror::write`] did.
 struct Written {
     /// Everything appended so far is durable.
     durable: bool,
     /// Group commit: an fsync the sink handed out, to start now.
     runner: Option<crate::sink::SyncRunner>,
-    /// Group commit: the batch's commit times and last id, counted once durable.
-    unsynced: Option<(Vec<chrono::DateTime<chrono::Utc>>, i64)>,
+    /// Group commit: the batch's events, counted once durable (empty otherwise:
+    /// already counted).
+    unsynced: commit::Unsynced,
 }
 
+/// Positions of the running loop.
 struct LoopState {
     /// After the last line appended.
     appended: Position,

@@ -27,11 +27,10 @@
 use std::fs::File;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
 
 use super::error::{SinkError, SinkOp};
+use super::writer::timed_fdatasync;
 use super::{Appended, FileSink, ACTIVE};
-use crate::telemetry::sink as metrics;
 
 /// Where the runner leaves its result.
 #[derive(Debug, Default)]
@@ -59,9 +58,7 @@ impl SyncRunner {
     /// `fdatasync` of the active file as it was when the fsync was started. Blocks;
     /// run it off the async workers. Then call [`FileSink::complete_sync`].
     pub fn run(self) {
-        let started = Instant::now();
-        let result = rustix::fs::fdatasync(&self.file).map_err(io::Error::from);
-        metrics::fsync_observed(started.elapsed());
+        let result = timed_fdatasync(&self.file);
         *self.slot.lock() = Some(result);
         self.slot.done.notify_all();
     }

@@ -104,10 +104,7 @@ impl ActiveFile {
     /// `fdatasync`: the file size is part of the data it flushes, which is all an
     /// append needs.
     pub fn sync_data(&mut self, dir: &SinkDir) -> Result<(), SinkError> {
-        let started = Instant::now();
-        let result = rustix::fs::fdatasync(&self.file);
-        metrics::fsync_observed(started.elapsed());
-        result.map_err(|e| dir.err(SinkOp::Fsync, ACTIVE, e))?;
+        timed_fdatasync(&self.file).map_err(|e| dir.err(SinkOp::Fsync, ACTIVE, e))?;
         self.synced_len = self.len;
         Ok(())
     }
@@ -130,4 +127,12 @@ impl ActiveFile {
     pub fn age(&self, now: SystemTime) -> std::time::Duration {
         now.duration_since(self.opened_at).unwrap_or_default()
     }
+}
+
+/// `fdatasync`, its duration recorded in the fsync histogram.
+pub fn timed_fdatasync(file: &File) -> std::io::Result<()> {
+    let started = Instant::now();
+    let result = rustix::fs::fdatasync(file);
+    metrics::fsync_observed(started.elapsed());
+    result.map_err(std::io::Error::from)
 }
