@@ -491,6 +491,18 @@ fn which(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A small tmpfs under `dir`, or `None` (the test is skipped, and says so) where
+/// this process may not mount one.
+fn tmpfs_or_skip(dir: &std::path::Path, size_bytes: u64) -> Option<Tmpfs> {
+    match Tmpfs::mount(&dir.join("mnt"), size_bytes) {
+        Ok(fs) => Some(fs),
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
+            None
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // A read-only remount cannot be staged under a running daemon (Linux refuses it with
 // EBUSY while a file is open for writing); ENOSPC exercises the same path: failed
@@ -498,12 +510,8 @@ fn which(program: &str) -> bool {
 async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_loss() {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let fs = match Tmpfs::mount(&dir.path().join("mnt"), 256 * 1024) {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
-            return;
-        }
+    let Some(fs) = tmpfs_or_skip(dir.path(), 256 * 1024) else {
+        return;
     };
     let sink = fs.path().join("sink");
     let org = writers::create_org(db.url(), "acme-dev").await;
@@ -554,12 +562,8 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
 async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let fs = match Tmpfs::mount(&dir.path().join("mnt"), 512 * 1024) {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
-            return;
-        }
+    let Some(fs) = tmpfs_or_skip(dir.path(), 512 * 1024) else {
+        return;
     };
     let sink = fs.path().join("sink");
     let org = writers::create_org(db.url(), "acme-dev").await;
@@ -578,23 +582,13 @@ async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
 
     // Leave room for a few 4K files: a 300-line batch (~100K) rotates several times
     // and then runs out of space in the middle.
-    let filler = fs.path().join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while file.write_all(&chunk).is_ok() {}
-        file.sync_all().ok();
-        let len = file.metadata().unwrap().len();
-        file.set_len(len.saturating_sub(24 * 1024)).unwrap();
-        file.sync_all().ok();
-    }
+    fs.fill_leaving(24 * 1024).unwrap();
     insert_n(db.url(), org, 300).await;
     daemon
         .wait_not_ready(Duration::from_secs(30))
         .await
         .expect("not ready once the disk is full");
-    std::fs::remove_file(&filler).unwrap();
+    fs.free().unwrap();
     assert!(
         daemon.wait_ready(Duration::from_secs(60)).await,
         "{}",

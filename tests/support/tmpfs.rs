@@ -92,6 +92,17 @@ impl Tmpfs {
         Ok(file.metadata()?.len())
     }
 
+    /// Like [`Self::fill`], then gives `keep` bytes back: writes fit until they
+    /// amount to about that much.
+    pub fn fill_leaving(&self, keep: u64) -> std::io::Result<()> {
+        let len = self.fill()?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join(FILLER))?;
+        file.set_len(len.saturating_sub(keep))?;
+        file.sync_all()
+    }
+
     /// Removes the filler: the space is back.
     pub fn free(&self) -> std::io::Result<()> {
         match fs::remove_file(self.path.join(FILLER)) {
