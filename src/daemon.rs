@@ -10,15 +10,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::db;
+use crate::db::backoff::Backoff;
 use crate::db::listener::{self, ListenerOptions};
 use crate::health::Health;
 use crate::http::api::Api;
 use crate::http::{self, AppState};
-use crate::mirror::{Mirror, Phase};
+use crate::mirror::{Mirror, MirrorError, Phase, CHECK_SINK};
 use crate::retention;
 use crate::sanitize::Sanitizer;
 use crate::service;
-use crate::sink::{FileSink, SinkOptions, SystemClock};
+use crate::sink::{FileSink, Recovery, SinkOptions, SystemClock};
 use crate::telemetry;
 
 /// Readiness check of database reachability.
@@ -99,46 +100,33 @@ pub async fn run_with_reloads(
 
     let mut mirror_task = None;
     if settings.file_sink.enabled {
+        // A refusal (a symlink, a foreign owner, a held lock, a damaged state file)
+        // stops the start here, with its reason; a full or read-only disk does not:
+        // the daemon serves readiness (not ready, saying why) and retries.
         let options = SinkOptions::from_settings(&settings.file_sink);
-        let (sink, recovery) =
-            tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
-                .await
-                .map_err(|e| StartError::Worker(e.to_string()))??;
+        let opened = match open_sink(options.clone()).await {
+            Ok(opened) => Some(opened),
+            Err(StartError::Sink(err)) if err.is_retryable() => {
+                health.register(CHECK_SINK, &err.to_string());
+                None
+            }
+            Err(err) => return Err(err),
+        };
         let mut listener_config = db::pg_config(&settings.database)?;
         if listener_config.get_application_name() == Some(db::APPLICATION_NAME) {
             // Distinct in pg_stat_activity: operators can tell the LISTEN connection apart.
             listener_config.application_name(LISTENER_APPLICATION_NAME);
         }
-        let doorbell = listener::spawn(
+        let start = MirrorStart {
+            pool: pool.clone(),
+            health: health.clone(),
+            sanitizer: sanitizer.clone(),
+            settings: settings.clone(),
+            reloads: reloads.clone(),
+            options,
             listener_config,
-            ListenerOptions {
-                heartbeat_interval: settings.mirror.heartbeat_interval,
-                deadline: settings.database.connect_timeout,
-                max_backoff: settings.mirror.max_backoff,
-            },
-            shutdown.clone(),
-        );
-        health.register(CHECK_LISTENER, "not subscribed yet");
-        tasks.spawn(watch_listener(
-            doorbell.clone(),
-            health.clone(),
-            shutdown.clone(),
-        ));
-        let mirror = Mirror::new(
-            pool.clone(),
-            doorbell,
-            sanitizer.clone(),
-            health.clone(),
-            settings.mirror.clone(),
-            settings.file_sink.clone(),
-            sink,
-        )
-        .with_reloads(reloads.clone());
-        tasks.spawn(notify_ready(mirror.phase(), shutdown.clone()));
-        let token = shutdown.clone();
-        mirror_task = Some(tokio::spawn(
-            async move { mirror.run(recovery, token).await },
-        ));
+        };
+        mirror_task = Some(tokio::spawn(start.run(opened, shutdown.clone())));
     } else {
         tracing::info!("The file sink is disabled; its directory is left untouched");
         service::ready("Serving health, metrics and the audit API (file sink disabled)");
@@ -174,6 +162,118 @@ pub async fn run_with_reloads(
     let _ = http_task.await;
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Opens the sink directory (blocking work: recovery reads and repairs files).
+async fn open_sink(options: SinkOptions) -> Result<(FileSink, Recovery), StartError> {
+    tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
+        .await
+        .map_err(|e| StartError::Worker(e.to_string()))?
+        .map_err(StartError::Sink)
+}
+
+/// What the mirror needs once its sink is open.
+struct MirrorStart {
+    pool: deadpool_postgres::Pool,
+    health: Arc<Health>,
+    sanitizer: Sanitizer,
+    settings: Settings,
+    reloads: watch::Receiver<Arc<Settings>>,
+    options: SinkOptions,
+    listener_config: tokio_postgres::Config,
+}
+
+impl MirrorStart {
+    /// Opens the sink if `opened` is `None` (retrying while the disk is full or
+    /// read-only), then subscribes the doorbell and runs the mirror until `shutdown`.
+    async fn run(
+        self,
+        opened: Option<(FileSink, Recovery)>,
+        shutdown: CancellationToken,
+    ) -> Result<(), MirrorError> {
+        let opened = match opened {
+            Some(opened) => Some(opened),
+            None => self.wait_for_sink(&shutdown).await,
+        };
+        let Some((sink, recovery)) = opened else {
+            return Ok(());
+        };
+        let MirrorStart {
+            pool,
+            health,
+            sanitizer,
+            settings,
+            reloads,
+            listener_config,
+            ..
+        } = self;
+        let doorbell = listener::spawn(
+            listener_config,
+            ListenerOptions {
+                heartbeat_interval: settings.mirror.heartbeat_interval,
+                deadline: settings.database.connect_timeout,
+                max_backoff: settings.mirror.max_backoff,
+            },
+            shutdown.clone(),
+        );
+        health.register(CHECK_LISTENER, "not subscribed yet");
+        let watcher = tokio::spawn(watch_listener(
+            doorbell.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        let mirror = Mirror::new(
+            pool,
+            doorbell,
+            sanitizer,
+            health,
+            settings.mirror.clone(),
+            settings.file_sink.clone(),
+            sink,
+        )
+        .with_reloads(reloads);
+        let ready = tokio::spawn(notify_ready(mirror.phase(), shutdown.clone()));
+        let result = mirror.run(recovery, shutdown).await;
+        watcher.abort();
+        ready.abort();
+        result
+    }
+
+    /// Retries opening the sink with backoff while the failure is the storage's;
+    /// `None` on shutdown, or after a refusal (then the daemon idles, not ready,
+    /// until an operator fixes the directory and restarts it).
+    async fn wait_for_sink(&self, shutdown: &CancellationToken) -> Option<(FileSink, Recovery)> {
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.settings.mirror.max_backoff);
+        service::ready("Waiting for the sink directory to become writable");
+        loop {
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                dir = %self.options.dir.display(),
+                retry_in = ?delay,
+                "The file sink cannot open yet (see the error above); not ready until it does"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match open_sink(self.options.clone()).await {
+                Ok(opened) => {
+                    tracing::info!("The file sink opened; mirroring starts");
+                    return Some(opened);
+                }
+                Err(StartError::Sink(err)) if err.is_retryable() => {
+                    self.health.set_failing(CHECK_SINK, err.to_string());
+                }
+                Err(err) => {
+                    telemetry::mirror::mirror_halted(&err);
+                    self.health.set_failing(CHECK_SINK, err.to_string());
+                    service::status(&format!("Mirroring halted: {err}"));
+                    shutdown.cancelled().await;
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Tells the service manager READY once the mirror has caught up (or has halted and

@@ -559,6 +559,76 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Start-up must write too: a torn last line is kept aside in a fragment file before it
+// is cut. With the disk full that write fails; the daemon must wait, not exit.
+async fn a_full_disk_at_start_up_waits_not_ready_then_recovers_and_mirrors_everything() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = tmpfs_or_skip(dir.path(), 256 * 1024) else {
+        return;
+    };
+    let sink = fs.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let config = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning");
+    let daemon = config.spawn();
+    insert_n(db.url(), org, 10).await;
+    assert!(wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
+    assert!(daemon.terminate().success());
+
+    // A crash mid-line left a torn tail; then the disk filled while the daemon was down.
+    let torn = b"{\"id\":999999,\"event_type\":\"torn";
+    let mut active = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sink.join("audit.ndjson"))
+        .unwrap();
+    std::io::Write::write_all(&mut active, torn).unwrap();
+    drop(active);
+    insert_n(db.url(), org, 20).await;
+    fs.fill().unwrap();
+
+    let mut daemon = config.spawn();
+    let body = daemon
+        .wait_not_ready(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("no readiness answer: {}", daemon.log_text()));
+    assert!(
+        body.contains("\"sink\":{\"status\":\"failing\"") && body.contains("No space left"),
+        "{body}"
+    );
+    // It keeps waiting (several retries), leaving no partial fragment per try.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(daemon.is_running(), "exited: {}", daemon.log_text());
+    let fragments = || {
+        std::fs::read_dir(&sink)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "fragment"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fragments(), Vec::<std::path::PathBuf>::new());
+    let (_, metrics) = daemon.get("/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "compartment_audit_sink_writable 0"),
+        "{metrics}"
+    );
+
+    fs.free().unwrap();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(60)).await,
+        "not ready after freeing space: {}",
+        daemon.log_text()
+    );
+    assert_sink_matches_table(db.url(), &sink).await;
+    let kept = fragments();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), torn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();

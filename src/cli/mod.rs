@@ -168,8 +168,53 @@ fn dispatch(command: &Command, settings: Settings, config_file: Option<PathBuf>)
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("compartment-auditd: {err:#}");
+            eprintln!("compartment-auditd: {}", describe(&err));
             EX_FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each said once: many messages already
+/// include their cause's text, which `{:#}` would repeat.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("could not write x: {source}")]
+    struct Inner {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let err = anyhow::Error::new(Inner { source: io }).context("the file sink cannot start");
+        assert_eq!(
+            describe(&err),
+            "the file sink cannot start: could not write x: No space left on device"
+        );
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_appended() {
+        let err = anyhow::anyhow!("connection refused").context("cannot reach the database");
+        assert_eq!(
+            describe(&err),
+            "cannot reach the database: connection refused"
+        );
     }
 }

@@ -193,6 +193,22 @@ impl SinkError {
         }
     }
 
+    /// Whether the failure came from the storage (a full or read-only disk, an I/O
+    /// error, a directory that cannot be created yet) rather than from a refusal that
+    /// needs an operator (a symlink, a foreign owner, a held lock, a damaged file).
+    /// The daemon retries the first kind with backoff, not ready meanwhile.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Io { .. }
+                | SinkError::Directory {
+                    problem: DirProblem::Io(_),
+                    ..
+                }
+                | SinkError::Compressor(_)
+        )
+    }
+
     /// The kind of the underlying I/O error (`StorageFull`, `ReadOnlyFilesystem`, …),
     /// or `Other` when the failure is not an I/O error.
     pub fn io_kind(&self) -> io::ErrorKind {

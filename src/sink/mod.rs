@@ -293,6 +293,20 @@ impl FileSink {
         opts: SinkOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<(FileSink, Recovery), SinkError> {
+        let opened = Self::open_and_recover(opts, clock);
+        if let Err(e) = &opened {
+            if e.is_retryable() {
+                metrics::write_failed(e);
+                metrics::set_writable(false);
+            }
+        }
+        opened
+    }
+
+    fn open_and_recover(
+        opts: SinkOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(FileSink, Recovery), SinkError> {
         let dir = Arc::new(SinkDir::open(&opts.dir, opts.allow_group_bits)?);
         let lock = dir.open_or_create(LOCK)?;
         match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {

@@ -164,11 +164,17 @@ fn keep_fragment(
         match dir.create_new(&name) {
             Ok(mut f) => {
                 let mut reader = source;
-                reader
+                let copied = reader
                     .seek(SeekFrom::Start(offset))
                     .and_then(|_| io::copy(&mut reader.take(len), &mut f))
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| dir.err(SinkOp::Write, &name, e))?;
+                    .and_then(|_| f.sync_all());
+                if let Err(e) = copied {
+                    // A full disk: start-up is retried, and each try would otherwise
+                    // leave one more partial fragment behind.
+                    drop(f);
+                    let _ = dir.unlink(&name);
+                    return Err(dir.err(SinkOp::Write, &name, e));
+                }
                 dir.sync()?;
                 return Ok(name);
             }
