@@ -55,6 +55,8 @@ pub const ENV_DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
 pub const ENV_DATABASE_POOL_SIZE: &str = "COMPARTMENT_DATABASE_POOL_SIZE";
 /// `database.connect_timeout`.
 pub const ENV_DATABASE_CONNECT_TIMEOUT: &str = "COMPARTMENT_DATABASE_CONNECT_TIMEOUT";
+/// `database.pool_idle_timeout`.
+pub const ENV_DATABASE_POOL_IDLE_TIMEOUT: &str = "COMPARTMENT_DATABASE_POOL_IDLE_TIMEOUT";
 /// `database.keepalive_idle`.
 pub const ENV_DATABASE_KEEPALIVE_IDLE: &str = "COMPARTMENT_DATABASE_KEEPALIVE_IDLE";
 /// `file_sink.enabled`.
@@ -137,6 +139,7 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_DATABASE_URL, "database.url"),
     env(ENV_DATABASE_POOL_SIZE, "database.pool_size"),
     env(ENV_DATABASE_CONNECT_TIMEOUT, "database.connect_timeout"),
+    env(ENV_DATABASE_POOL_IDLE_TIMEOUT, "database.pool_idle_timeout"),
     env(ENV_DATABASE_KEEPALIVE_IDLE, "database.keepalive_idle"),
     env(ENV_FILE_SINK_ENABLED, "file_sink.enabled"),
     env(ENV_FILE_SINK_DIR, "file_sink.dir"),
@@ -240,6 +243,9 @@ pub struct DatabaseSettings {
     pub pool_size: usize,
     /// How long to wait for a new connection before calling the database unreachable.
     pub connect_timeout: Duration,
+    /// A pooled connection unused this long is closed: the pool shrinks back after a
+    /// burst instead of holding its high-water mark of sessions forever.
+    pub pool_idle_timeout: Duration,
     /// TCP keepalive idle time, so a half-open connection is noticed in seconds, not hours.
     pub keepalive_idle: Duration,
 }
@@ -664,6 +670,7 @@ impl Settings {
                 url: SecretString::new(database_url),
                 pool_size: 8,
                 connect_timeout: Duration::from_secs(5),
+                pool_idle_timeout: Duration::from_secs(600),
                 keepalive_idle: Duration::from_secs(30),
             },
             file_sink: FileSinkSettings {
@@ -920,6 +927,7 @@ struct RawDatabase {
     url: RawValue,
     pool_size: RawValue,
     connect_timeout: RawValue,
+    pool_idle_timeout: RawValue,
     keepalive_idle: RawValue,
 }
 
@@ -1081,6 +1089,8 @@ impl Reader<'_> {
         read!(self, "database", db, pool_size => s.database.pool_size, count(2, 1024));
         read!(self, "database", db, connect_timeout => s.database.connect_timeout,
             duration(ms(100), hours(1)));
+        read!(self, "database", db, pool_idle_timeout => s.database.pool_idle_timeout,
+            duration(secs(1), hours(24)));
         read!(self, "database", db, keepalive_idle => s.database.keepalive_idle,
             duration(secs(1), hours(2)));
         s.database.url = url.ok_or_else(|| ConfigError::Missing {

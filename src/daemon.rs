@@ -131,6 +131,11 @@ pub async fn run_with_reloads(
         tracing::info!("The file sink is disabled; its directory is left untouched");
         service::ready("Serving health, metrics and the audit API (file sink disabled)");
     }
+    tasks.spawn(db::close_idle_connections(
+        pool.clone(),
+        settings.database.pool_idle_timeout,
+        shutdown.clone(),
+    ));
     tasks.spawn(service::watchdog(health.clone(), shutdown.clone()));
     tasks.spawn(schedule_retention(
         pool.clone(),

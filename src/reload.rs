@@ -163,6 +163,7 @@ pub fn merge(
         database.url => "database.url",
         database.pool_size => "database.pool_size",
         database.connect_timeout => "database.connect_timeout",
+        database.pool_idle_timeout => "database.pool_idle_timeout",
         database.keepalive_idle => "database.keepalive_idle",
         file_sink.enabled => "file_sink.enabled",
         file_sink.dir => "file_sink.dir",

@@ -78,6 +78,15 @@ const CASES: &[Case] = &[
         get: |s| dbg(s.database.connect_timeout),
     },
     Case {
+        var: "COMPARTMENT_DATABASE_POOL_IDLE_TIMEOUT",
+        key: "database.pool_idle_timeout",
+        file: r#""5m""#,
+        file_expect: "300s",
+        env: "90",
+        env_expect: "90s",
+        get: |s| dbg(s.database.pool_idle_timeout),
+    },
+    Case {
         var: "COMPARTMENT_DATABASE_KEEPALIVE_IDLE",
         key: "database.keepalive_idle",
         file: "60",

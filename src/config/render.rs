@@ -30,6 +30,7 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                 ("url", quoted(&redact_database_url(s.database.url.expose()))),
                 ("pool_size", s.database.pool_size.to_string()),
                 ("connect_timeout", duration(s.database.connect_timeout)),
+                ("pool_idle_timeout", duration(s.database.pool_idle_timeout)),
                 ("keepalive_idle", duration(s.database.keepalive_idle)),
             ],
         ),

@@ -29,6 +29,7 @@ pub mod retention;
 
 use std::time::Duration;
 
+use deadpool::managed::QueueMode;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
@@ -227,8 +228,37 @@ pub async fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
         .wait_timeout(Some(settings.connect_timeout))
         .create_timeout(Some(settings.connect_timeout))
         .recycle_timeout(Some(settings.connect_timeout))
+        // Hand out the most recently used connection, so that connections beyond
+        // what the load needs stay unused and [`close_idle_connections`] closes them.
+        .queue_mode(QueueMode::Lifo)
         .build()
         .map_err(|err| DbError::Pool(err.to_string()))
+}
+
+/// Closes pooled connections unused for `idle_timeout`, checking every
+/// `idle_timeout / 2` (at most every 30 s), until `shutdown`. The pool grows to the
+/// largest concurrency it has seen; without this it would keep that many sessions
+/// open on the server for good.
+pub async fn close_idle_connections(
+    pool: Pool,
+    idle_timeout: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let every = (idle_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let closed = pool.retain(|_, metrics| metrics.last_used() < idle_timeout);
+        if !closed.removed.is_empty() {
+            tracing::debug!(
+                closed = closed.removed.len(),
+                kept = closed.retained,
+                "Closed idle database connections"
+            );
+        }
+    }
 }
 
 /// One round trip on a pooled connection: is the database reachable right now?
