@@ -491,15 +491,58 @@ fn which(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A small tmpfs under `dir`, or `None` (the test is skipped, and says so) where
-/// this process may not mount one.
-fn tmpfs_or_skip(dir: &std::path::Path, size_bytes: u64) -> Option<Tmpfs> {
-    match Tmpfs::mount(&dir.join("mnt"), size_bytes) {
-        Ok(fs) => Some(fs),
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
-            None
-        }
+/// A test database with one organization, and a sink directory on a small tmpfs that
+/// a test can fill and free.
+struct FullDiskFixture {
+    db: common::TestDb,
+    // Before `dir`: fields drop in order, and the tmpfs is unmounted before its mount
+    // point is removed.
+    fs: Tmpfs,
+    dir: tempfile::TempDir,
+    sink: std::path::PathBuf,
+    org: uuid::Uuid,
+}
+
+impl FullDiskFixture {
+    /// `None` (the test is skipped, and says so) where this process may not mount a
+    /// tmpfs.
+    async fn new(size_bytes: u64) -> Option<FullDiskFixture> {
+        let db = common::TestDb::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = match Tmpfs::mount(&dir.path().join("mnt"), size_bytes) {
+            Ok(fs) => fs,
+            Err(why) => {
+                eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
+                return None;
+            }
+        };
+        let sink = fs.path().join("sink");
+        let org = writers::create_org(db.url(), "acme-dev").await;
+        Some(FullDiskFixture {
+            db,
+            fs,
+            dir,
+            sink,
+            org,
+        })
+    }
+
+    /// A daemon on the tmpfs sink that mirrors every event from the beginning.
+    fn daemon(&self) -> DaemonConfig {
+        DaemonConfig::new(self.db.url(), &self.sink, self.dir.path())
+            .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+    }
+
+    /// Frees the space; the daemon must become ready again and the sink hold every
+    /// committed event once.
+    async fn free_and_expect_everything(&self, daemon: &support::Daemon) {
+        self.fs.free().unwrap();
+        assert!(
+            daemon.wait_ready(Duration::from_secs(60)).await,
+            "not ready after freeing space: {}",
+            daemon.log_text()
+        );
+        assert_sink_matches_table(self.db.url(), &self.sink).await;
     }
 }
 
@@ -508,34 +551,28 @@ fn tmpfs_or_skip(dir: &std::path::Path, size_bytes: u64) -> Option<Tmpfs> {
 // EBUSY while a file is open for writing); ENOSPC exercises the same path: failed
 // write → truncate to the batch start → not ready → retry.
 async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_loss() {
-    let db = common::TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = tmpfs_or_skip(dir.path(), 256 * 1024) else {
+    let Some(t) = FullDiskFixture::new(256 * 1024).await else {
         return;
     };
-    let sink = fs.path().join("sink");
-    let org = writers::create_org(db.url(), "acme-dev").await;
-    let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
-        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
-        .spawn();
+    let daemon = t.daemon().spawn();
     assert!(
         daemon.wait_ready(Duration::from_secs(30)).await,
         "not ready: {}",
         daemon.log_text()
     );
-    insert_n(db.url(), org, 10).await;
-    assert!(wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
+    insert_n(t.db.url(), t.org, 10).await;
+    assert!(wait_for_lines(&t.sink, 10, Duration::from_secs(60)).await);
 
     // Full: a filler takes every byte left.
-    fs.fill().unwrap();
-    insert_n(db.url(), org, 400).await;
+    t.fs.fill().unwrap();
+    insert_n(t.db.url(), t.org, 400).await;
     let body = daemon
         .wait_not_ready(Duration::from_secs(30))
         .await
         .expect("not ready while the disk is full");
     assert!(body.contains("\"sink\":{\"status\":\"failing\""), "{body}");
-    let written_while_full = read_sink_ids(&sink);
-    let published = published_event_id(db.url())
+    let written_while_full = read_sink_ids(&t.sink);
+    let published = published_event_id(t.db.url())
         .await
         .expect("a published position");
     // Published at most once a second: still the baseline (id 0), or a written line.
@@ -549,45 +586,33 @@ async fn a_full_sink_disk_is_not_ready_keeps_its_position_and_resumes_without_lo
         .any(|l| l.starts_with("compartment_audit_sink_write_errors_total") && !l.ends_with(" 0")));
 
     // Space again: everything arrives, once.
-    fs.free().unwrap();
-    assert!(
-        daemon.wait_ready(Duration::from_secs(60)).await,
-        "not ready after freeing space: {}",
-        daemon.log_text()
-    );
-    assert_sink_matches_table(db.url(), &sink).await;
+    t.free_and_expect_everything(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Start-up must write too: a torn last line is kept aside in a fragment file before it
 // is cut. With the disk full that write fails; the daemon must wait, not exit.
 async fn a_full_disk_at_start_up_waits_not_ready_then_recovers_and_mirrors_everything() {
-    let db = common::TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = tmpfs_or_skip(dir.path(), 256 * 1024) else {
+    let Some(t) = FullDiskFixture::new(256 * 1024).await else {
         return;
     };
-    let sink = fs.path().join("sink");
-    let org = writers::create_org(db.url(), "acme-dev").await;
-    let config = DaemonConfig::new(db.url(), &sink, dir.path())
-        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning");
-    let daemon = config.spawn();
-    insert_n(db.url(), org, 10).await;
-    assert!(wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
+    let daemon = t.daemon().spawn();
+    insert_n(t.db.url(), t.org, 10).await;
+    assert!(wait_for_lines(&t.sink, 10, Duration::from_secs(60)).await);
     assert!(daemon.terminate().success());
 
     // A crash mid-line left a torn tail; then the disk filled while the daemon was down.
     let torn = b"{\"id\":999999,\"event_type\":\"torn";
     let mut active = std::fs::OpenOptions::new()
         .append(true)
-        .open(sink.join("audit.ndjson"))
+        .open(t.sink.join("audit.ndjson"))
         .unwrap();
     std::io::Write::write_all(&mut active, torn).unwrap();
     drop(active);
-    insert_n(db.url(), org, 20).await;
-    fs.fill().unwrap();
+    insert_n(t.db.url(), t.org, 20).await;
+    t.fs.fill().unwrap();
 
-    let mut daemon = config.spawn();
+    let mut daemon = t.daemon().spawn();
     let body = daemon
         .wait_not_ready(Duration::from_secs(30))
         .await
@@ -600,7 +625,7 @@ async fn a_full_disk_at_start_up_waits_not_ready_then_recovers_and_mirrors_every
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(daemon.is_running(), "exited: {}", daemon.log_text());
     let fragments = || {
-        std::fs::read_dir(&sink)
+        std::fs::read_dir(&t.sink)
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -616,13 +641,7 @@ async fn a_full_disk_at_start_up_waits_not_ready_then_recovers_and_mirrors_every
         "{metrics}"
     );
 
-    fs.free().unwrap();
-    assert!(
-        daemon.wait_ready(Duration::from_secs(60)).await,
-        "not ready after freeing space: {}",
-        daemon.log_text()
-    );
-    assert_sink_matches_table(db.url(), &sink).await;
+    t.free_and_expect_everything(&daemon).await;
     let kept = fragments();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(std::fs::read(&kept[0]).unwrap(), torn);
@@ -630,15 +649,11 @@ async fn a_full_disk_at_start_up_waits_not_ready_then_recovers_and_mirrors_every
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
-    let db = common::TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = tmpfs_or_skip(dir.path(), 512 * 1024) else {
+    let Some(t) = FullDiskFixture::new(512 * 1024).await else {
         return;
     };
-    let sink = fs.path().join("sink");
-    let org = writers::create_org(db.url(), "acme-dev").await;
-    let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
-        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+    let daemon = t
+        .daemon()
         .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "4K")
         .with("COMPARTMENT_AUDIT_FILE_SINK_COMPRESS_DELAY", "1h")
         .with("COMPARTMENT_AUDIT_FILE_SINK_RETENTION_FILES", "100000")
@@ -652,19 +667,13 @@ async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
 
     // Leave room for a few 4K files: a 300-line batch (~100K) rotates several times
     // and then runs out of space in the middle.
-    fs.fill_leaving(24 * 1024).unwrap();
-    insert_n(db.url(), org, 300).await;
+    t.fs.fill_leaving(24 * 1024).unwrap();
+    insert_n(t.db.url(), t.org, 300).await;
     daemon
         .wait_not_ready(Duration::from_secs(30))
         .await
         .expect("not ready once the disk is full");
-    fs.free().unwrap();
-    assert!(
-        daemon.wait_ready(Duration::from_secs(60)).await,
-        "{}",
-        daemon.log_text()
-    );
-    assert_sink_matches_table(db.url(), &sink).await;
+    t.free_and_expect_everything(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
