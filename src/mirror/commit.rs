@@ -237,8 +237,6 @@ impl Mirror {
     ) -> Result<bool, MirrorError> {
         telemetry::mirror::mirror_failed("sync", err);
         self.health.set_failing(CHECK_SINK, err.to_string());
-        state.syncing = None;
-        state.unsynced = Unsynced::default();
         let before = state.appended;
         self.resume_after_sink_error(state, None, shutdown).await?;
         Ok(state.appended != before)

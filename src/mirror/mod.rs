@@ -388,10 +388,6 @@ impl Mirror {
                 Err((err, batch)) => {
                     telemetry::mirror::mirror_failed("write", &err);
                     self.health.set_failing(CHECK_SINK, err.to_string());
-                    // A running fsync is the sink's to settle now; what it covered
-                    // is durable only if the sink still holds it.
-                    state.syncing = None;
-                    state.unsynced = commit::Unsynced::default();
                     prefetched = match self
                         .resume_after_sink_error(&mut state, Some(batch), &shutdown)
                         .await
@@ -698,18 +694,7 @@ impl Mirror {
                 state.last_sync = Instant::now();
                 Ok(false)
             }
-            Ok(Err(err)) => {
-                telemetry::mirror::mirror_failed("sync", &err);
-                self.health.set_failing(CHECK_SINK, err.to_string());
-                // A group-commit fsync the sink settled with this failure covered
-                // lines that are gone now.
-                state.syncing = None;
-                state.unsynced = commit::Unsynced::default();
-                // The sink took back everything since its last good fsync.
-                let before = state.appended;
-                self.resume_after_sink_error(state, None, shutdown).await?;
-                Ok(state.appended != before)
-            }
+            Ok(Err(err)) => self.sync_failed(state, &err, shutdown).await,
             Err(err) => {
                 telemetry::mirror::mirror_failed("sync", &err);
                 Ok(false)
@@ -724,12 +709,18 @@ impl Mirror {
     /// position held before the failure would write the kept part twice, or skip the
     /// part taken back. Moves `state.appended` there and returns what of `batch` is
     /// still to be written (`None`: read again from the new position).
+    ///
+    /// Under group commit a running fsync is the sink's to settle now, and what it or
+    /// a later one would have covered is durable only if the sink still holds it: the
+    /// loop's record of both is dropped here.
     async fn resume_after_sink_error(
         &self,
         state: &mut LoopState,
         batch: Option<Batch>,
         shutdown: &CancellationToken,
     ) -> Result<Option<Batch>, MirrorError> {
+        state.syncing = None;
+        state.unsynced = commit::Unsynced::default();
         let last = lock(&self.sink).last_line().map(<[u8]>::to_vec);
         let at = if last == state.start_line {
             // Nothing written since the start remains.
