@@ -100,18 +100,6 @@ pub async fn run_with_reloads(
 
     let mut mirror_task = None;
     if settings.file_sink.enabled {
-        // A refusal (a symlink, a foreign owner, a held lock, a damaged state file)
-        // stops the start here, with its reason; a full or read-only disk does not:
-        // the daemon serves readiness (not ready, saying why) and retries.
-        let options = SinkOptions::from_settings(&settings.file_sink);
-        let opened = match open_sink(options.clone()).await {
-            Ok(opened) => Some(opened),
-            Err(StartError::Sink(err)) if err.is_retryable() => {
-                health.register(CHECK_SINK, &err.to_string());
-                None
-            }
-            Err(err) => return Err(err),
-        };
         let mut listener_config = db::pg_config(&settings.database)?;
         if listener_config.get_application_name() == Some(db::APPLICATION_NAME) {
             // Distinct in pg_stat_activity: operators can tell the LISTEN connection apart.
@@ -123,8 +111,18 @@ pub async fn run_with_reloads(
             sanitizer: sanitizer.clone(),
             settings: settings.clone(),
             reloads: reloads.clone(),
-            options,
             listener_config,
+        };
+        // A refusal (a symlink, a foreign owner, a held lock, a damaged state file)
+        // stops the start here, with its reason; a full or read-only disk does not:
+        // the daemon serves readiness (not ready, saying why) and retries.
+        let opened = match start.open_sink().await {
+            Ok(opened) => Some(opened),
+            Err(StartError::Sink(err)) if err.is_retryable() => {
+                health.register(CHECK_SINK, &err.to_string());
+                None
+            }
+            Err(err) => return Err(err),
         };
         mirror_task = Some(tokio::spawn(start.run(opened, shutdown.clone())));
     } else {
@@ -169,14 +167,6 @@ pub async fn run_with_reloads(
     Ok(())
 }
 
-/// Opens the sink directory (blocking work: recovery reads and repairs files).
-async fn open_sink(options: SinkOptions) -> Result<(FileSink, Recovery), StartError> {
-    tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
-        .await
-        .map_err(|e| StartError::Worker(e.to_string()))?
-        .map_err(StartError::Sink)
-}
-
 /// What the mirror needs once its sink is open.
 struct MirrorStart {
     pool: deadpool_postgres::Pool,
@@ -184,11 +174,19 @@ struct MirrorStart {
     sanitizer: Sanitizer,
     settings: Settings,
     reloads: watch::Receiver<Arc<Settings>>,
-    options: SinkOptions,
     listener_config: tokio_postgres::Config,
 }
 
 impl MirrorStart {
+    /// Opens the sink directory (blocking work: recovery reads and repairs files).
+    async fn open_sink(&self) -> Result<(FileSink, Recovery), StartError> {
+        let options = SinkOptions::from_settings(&self.settings.file_sink);
+        tokio::task::spawn_blocking(move || FileSink::open(options, Arc::new(SystemClock)))
+            .await
+            .map_err(|e| StartError::Worker(e.to_string()))?
+            .map_err(StartError::Sink)
+    }
+
     /// Opens the sink if `opened` is `None` (retrying while the disk is full or
     /// read-only), then subscribes the doorbell and runs the mirror until `shutdown`.
     async fn run(
@@ -253,7 +251,7 @@ impl MirrorStart {
         loop {
             let delay = backoff.next_delay();
             tracing::warn!(
-                dir = %self.options.dir.display(),
+                dir = %self.settings.file_sink.dir.display(),
                 retry_in = ?delay,
                 "The file sink cannot open yet (see the error above); not ready until it does"
             );
@@ -261,7 +259,7 @@ impl MirrorStart {
                 _ = shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(delay) => {}
             }
-            match open_sink(self.options.clone()).await {
+            match self.open_sink().await {
                 Ok(opened) => {
                     tracing::info!("The file sink opened; mirroring starts");
                     return Some(opened);
