@@ -3,10 +3,11 @@
 //! database password; accepted settings render (`config check`) without the
 //! password, and the rendered file loads back to the same settings — it is documented
 //! as a valid configuration file of its own.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 use arbitrary::{Result, Unstructured};
 use compartment_auditd::config::{Settings, ENV_FALLBACK_NAMES, ENV_NAMES, SECTIONS};
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 
 /// The password planted in database URLs; it must never be shown.

@@ -5,7 +5,7 @@
 //! rule (one `'` when the first character after the leading `'`s is a formula
 //! character) — and no cell
 //! starts with a character that makes a spreadsheet run it as a formula.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 mod common;
 
@@ -14,6 +14,7 @@ use chrono::SecondsFormat;
 use compartment_auditd::event::SanitizedEvent;
 use compartment_auditd::export::{encode_csv_header, encode_events, ExportFormat, CSV_COLUMNS};
 use compartment_auditd::sanitize::Sanitizer;
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

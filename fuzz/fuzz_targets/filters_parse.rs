@@ -2,12 +2,13 @@
 //! `ExportParams::from_query` never panic on any text; a refusal names a parameter
 //! that the query really holds (as decoded, or as written when it cannot be decoded)
 //! and says what is wrong; and a cursor survives its own encoding.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 use std::collections::HashSet;
 
 use arbitrary::{Result, Unstructured};
 use compartment_auditd::filters::{decode_query, Cursor, ExportParams, ListParams, ParamError};
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 
 /// Parameter names and values that reach every branch of the parser.

@@ -4,7 +4,7 @@
 //! secret planted by this target (one of the fixed secret shapes, wrapped in
 //! fuzzer-chosen text, at a fuzzer-chosen place: a core field, a metadata value at any
 //! path, or an object key) never reaches the line.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 mod common;
 
@@ -15,6 +15,7 @@ mod secrets;
 use arbitrary::{Result, Unstructured};
 use compartment_auditd::event::{encode_line, lookup, AuditEvent};
 use compartment_auditd::sanitize::{is_secret_key_name, Sanitizer};
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use std::sync::OnceLock;

@@ -10,7 +10,7 @@
 //! directory is owner-only, `Recovery::last_line` is a whole line (the active file's
 //! last one, or else one of a rotated file's), and the sink accepts a write that
 //! then ends the file on a line boundary.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -23,6 +23,7 @@ use compartment_auditd::config::FsyncPolicy;
 use compartment_auditd::sink::{FileSink, ManualClock, SinkOptions, ACTIVE, ACTIVE_META, STATE};
 use flate2::write::GzEncoder;
 use flate2::Compression;
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 
 /// What sits under a name in the directory.

@@ -131,7 +131,7 @@ fn any_allowed_key(u: &mut Unstructured) -> Result<&'static str> {
 pub fn key(u: &mut Unstructured, allowed: &[&'static str]) -> Result<String> {
     Ok(match u.int_in_range(0..=6)? {
         0 | 1 if !allowed.is_empty() => (*u.choose(allowed)?).to_owned(),
-        0 | 1 | 2 => any_allowed_key(u)?.to_owned(),
+        0..=2 => any_allowed_key(u)?.to_owned(),
         3 => (*u.choose(SECRET_KEYS)?).to_owned(),
         4 => (*u.choose(DIFF_KEYS)?).to_owned(),
         _ => string(u)?,
