@@ -10,6 +10,7 @@ mod support;
 use std::time::Duration;
 
 use rand::Rng;
+use support::fsync_fault::FsyncFault;
 use support::tmpfs::Tmpfs;
 use support::writers::{self, Shapes, Writers};
 use support::{
@@ -705,4 +706,107 @@ async fn fsync_interval_is_not_turned_into_fsync_per_batch_by_a_trickle_of_commi
     );
     // Shutdown still makes everything durable.
     assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+/// A disk whose fsync fails (`EIO`) under a running daemon, with the data written since
+/// the last good fsync lost (see `support/fsync_fault.c`): the daemon must report the
+/// sink failing, never publish a position past what was durable, keep running, and once
+/// fsync works again rewrite what was lost, so the sink ends up holding every committed
+/// event exactly once and not a byte of the lost range.
+async fn fsync_failure_loses_nothing(policy: &[(&str, &str)]) {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let fault = FsyncFault::build(dir.path()).expect("building the fsync shim");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let mut config = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning");
+    for (key, value) in fault.env("audit.ndjson") {
+        config = config.with(&key, &value);
+    }
+    for (key, value) in policy {
+        config = config.with(key, value);
+    }
+    let mut daemon = config.spawn();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "not ready: {}",
+        daemon.log_text()
+    );
+    insert_n(db.url(), org, 20).await;
+    assert!(wait_for_lines(&sink, 20, Duration::from_secs(60)).await);
+    let durable = read_sink_ids(&sink);
+    // The position of the 20 durable lines is published (once a second at most).
+    let published = wait_for(Duration::from_secs(30), async || {
+        published_event_id(db.url())
+            .await
+            .filter(|id| durable.last() == Some(id))
+    })
+    .await;
+    assert!(
+        published.is_some(),
+        "the position of the durable lines was not published"
+    );
+
+    fault.fail();
+    for _ in 0..5 {
+        insert_n(db.url(), org, 20).await;
+    }
+    let body = daemon
+        .wait_not_ready(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("still ready with fsync failing: {}", daemon.log_text()));
+    assert!(
+        body.contains("\"sink\":{\"status\":\"failing\"") && body.contains("Input/output error"),
+        "{body}"
+    );
+    // Several retries, and several chances to publish a position: none may go past the
+    // lines that were durable when fsync started failing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(daemon.is_running(), "exited: {}", daemon.log_text());
+    let published = published_event_id(db.url())
+        .await
+        .expect("a published position");
+    assert_eq!(
+        Some(&published),
+        durable.last(),
+        "the published position moved while no fsync succeeded"
+    );
+    let failures = daemon
+        .metric("compartment_audit_sink_write_errors_total{op=\"fsync\"}")
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "fsync failures not counted");
+    assert!(
+        daemon.log_text().contains("Input/output error"),
+        "the failure is not in the log: {}",
+        daemon.log_text()
+    );
+
+    fault.heal();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(60)).await,
+        "not ready after fsync works again: {}",
+        daemon.log_text()
+    );
+    assert_sink_matches_table(db.url(), &sink).await;
+    let active = std::fs::read(sink.join("audit.ndjson")).unwrap();
+    assert!(
+        !active.contains(&0),
+        "the active file kept bytes of the range the failed fsync lost"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_is_not_acknowledged_and_the_lost_lines_are_rewritten() {
+    fsync_failure_loses_nothing(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_under_the_interval_policy_loses_nothing() {
+    fsync_failure_loses_nothing(&[
+        ("COMPARTMENT_AUDIT_FILE_SINK_FSYNC", "interval"),
+        ("COMPARTMENT_AUDIT_FILE_SINK_FSYNC_INTERVAL", "200ms"),
+    ])
+    .await;
 }

@@ -129,10 +129,13 @@ impl ActiveFile {
     }
 }
 
-/// `fdatasync`, its duration recorded in the fsync histogram.
+/// `fdatasync`, its duration recorded in the fsync histogram. Through the C library
+/// (the standard library's `sync_data`), not a raw system call, so that a test can put
+/// a failing disk under the real binary with an `LD_PRELOAD` shim
+/// (`tests/support/fsync_fault.c`).
 pub fn timed_fdatasync(file: &File) -> std::io::Result<()> {
     let started = Instant::now();
-    let result = rustix::fs::fdatasync(file);
+    let result = file.sync_data();
     metrics::fsync_observed(started.elapsed());
-    result.map_err(std::io::Error::from)
+    result
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod fsync_fault;
 pub mod tmpfs;
 pub mod writers;
 
