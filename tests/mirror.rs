@@ -712,8 +712,9 @@ async fn fsync_interval_is_not_turned_into_fsync_per_batch_by_a_trickle_of_commi
 /// the last good fsync lost (see `support/fsync_fault.c`): the daemon must report the
 /// sink failing, never publish a position past what was durable, keep running, and once
 /// fsync works again rewrite what was lost, so the sink ends up holding every committed
-/// event exactly once and not a byte of the lost range.
-async fn fsync_failure_loses_nothing(policy: &[(&str, &str)]) {
+/// event exactly once and not a byte of the lost range. Returns how many rotated files
+/// the sink holds.
+async fn fsync_failure_loses_nothing(policy: &[(&str, &str)]) -> usize {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("sink");
@@ -795,6 +796,11 @@ async fn fsync_failure_loses_nothing(policy: &[(&str, &str)]) {
         "the active file kept bytes of the range the failed fsync lost"
     );
     assert_eq!(daemon.terminate().code(), Some(0));
+    std::fs::read_dir(&sink)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,10 +809,17 @@ async fn a_failing_fsync_is_not_acknowledged_and_the_lost_lines_are_rewritten() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_fsync_under_the_interval_policy_loses_nothing() {
-    fsync_failure_loses_nothing(&[
+async fn a_failing_fsync_under_the_interval_policy_and_rotations_loses_nothing() {
+    // 4K files: the 100 events written while fsync fails (about 40K) want to rotate
+    // several times, and a rotation begins with an fsync of the file it closes.
+    let rotated = fsync_failure_loses_nothing(&[
         ("COMPARTMENT_AUDIT_FILE_SINK_FSYNC", "interval"),
         ("COMPARTMENT_AUDIT_FILE_SINK_FSYNC_INTERVAL", "200ms"),
+        ("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "4K"),
     ])
     .await;
+    assert!(
+        rotated >= 5,
+        "only {rotated} rotated files: the rotations were not tested"
+    );
 }
