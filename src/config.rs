@@ -100,6 +100,9 @@ pub const ENV_RETENTION_CLEANUP_BATCH_SIZE: &str = "COMPARTMENT_AUDIT_RETENTION_
 /// `retention.cleanup_max_batches`.
 pub const ENV_RETENTION_CLEANUP_MAX_BATCHES: &str =
     "COMPARTMENT_AUDIT_RETENTION_CLEANUP_MAX_BATCHES";
+/// `retention.cleanup_concurrency`.
+pub const ENV_RETENTION_CLEANUP_CONCURRENCY: &str =
+    "COMPARTMENT_AUDIT_RETENTION_CLEANUP_CONCURRENCY";
 /// `http.addr`.
 pub const ENV_HTTP_ADDR: &str = "COMPARTMENT_AUDIT_HTTP_ADDR";
 /// `http.export_max_rows`.
@@ -169,6 +172,10 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(
         ENV_RETENTION_CLEANUP_MAX_BATCHES,
         "retention.cleanup_max_batches",
+    ),
+    env(
+        ENV_RETENTION_CLEANUP_CONCURRENCY,
+        "retention.cleanup_concurrency",
     ),
     env(ENV_HTTP_ADDR, "http.addr"),
     env(ENV_HTTP_EXPORT_MAX_ROWS, "http.export_max_rows"),
@@ -305,6 +312,8 @@ pub struct RetentionSettings {
     pub cleanup_batch_size: u32,
     /// Batches per run at most.
     pub cleanup_max_batches: u32,
+    /// Batches a run keeps in flight at once, each on a database session of its own.
+    pub cleanup_concurrency: u32,
 }
 
 /// HTTP server settings.
@@ -699,6 +708,7 @@ impl Settings {
                     .expect("the default schedule is a valid 5-field expression"),
                 cleanup_batch_size: 5000,
                 cleanup_max_batches: 100,
+                cleanup_concurrency: 2,
             },
             http: HttpSettings {
                 addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -964,6 +974,7 @@ struct RawRetention {
     cleanup_cron: RawValue,
     cleanup_batch_size: RawValue,
     cleanup_max_batches: RawValue,
+    cleanup_concurrency: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1143,6 +1154,8 @@ impl Reader<'_> {
             count(1, 1_000_000));
         read!(self, "retention", r, cleanup_max_batches => s.retention.cleanup_max_batches,
             count(1, 1_000_000));
+        read!(self, "retention", r, cleanup_concurrency => s.retention.cleanup_concurrency,
+            count(1, 16));
 
         let h = &raw.http;
         read!(self, "http", h, addr => s.http.addr, socket_addr);

@@ -329,6 +329,7 @@ async fn schedule_retention(
                         || new.days != settings.days
                         || new.cleanup_batch_size != settings.cleanup_batch_size
                         || new.cleanup_max_batches != settings.cleanup_max_batches
+                        || new.cleanup_concurrency != settings.cleanup_concurrency
                     {
                         break;
                     }

@@ -153,6 +153,7 @@ pub fn merge(
         retention.days => "retention.days",
         retention.cleanup_batch_size => "retention.cleanup_batch_size",
         retention.cleanup_max_batches => "retention.cleanup_max_batches",
+        retention.cleanup_concurrency => "retention.cleanup_concurrency",
         log.level => "log.level",
     );
     if merged.retention.cleanup_cron.source != new.retention.cleanup_cron.source {

@@ -217,6 +217,16 @@ const BAD: &[Bad] = &[
         ],
     },
     Bad {
+        what: "too many concurrent batches",
+        env: &[("COMPARTMENT_AUDIT_RETENTION_CLEANUP_CONCURRENCY", "17")],
+        file: "",
+        expect: &[
+            "retention.cleanup_concurrency",
+            "COMPARTMENT_AUDIT_RETENTION_CLEANUP_CONCURRENCY",
+            "from 1 to 16",
+        ],
+    },
+    Bad {
         what: "zero days in the file",
         env: &[],
         file: "[retention]\ndays = 0\n",

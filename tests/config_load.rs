@@ -277,6 +277,15 @@ const CASES: &[Case] = &[
         get: |s| dbg(s.retention.cleanup_max_batches),
     },
     Case {
+        var: "COMPARTMENT_AUDIT_RETENTION_CLEANUP_CONCURRENCY",
+        key: "retention.cleanup_concurrency",
+        file: "1",
+        file_expect: "1",
+        env: "3",
+        env_expect: "3",
+        get: |s| dbg(s.retention.cleanup_concurrency),
+    },
+    Case {
         var: "COMPARTMENT_AUDIT_HTTP_ADDR",
         key: "http.addr",
         file: r#""0.0.0.0:9000""#,
@@ -413,6 +422,10 @@ fn the_names_of_the_product_documentation_map_to_their_keys() {
             "COMPARTMENT_AUDIT_RETENTION_CLEANUP_MAX_BATCHES",
             "retention.cleanup_max_batches",
         ),
+        (
+            "COMPARTMENT_AUDIT_RETENTION_CLEANUP_CONCURRENCY",
+            "retention.cleanup_concurrency",
+        ),
         ("COMPARTMENT_AUDIT_HTTP_ADDR", "http.addr"),
     ] {
         assert_eq!(key_for_env(var), Some(key), "{var}");
@@ -496,6 +509,7 @@ fn only_the_url_is_needed_and_everything_else_has_its_documented_default() {
     assert_eq!(settings.retention.cleanup_cron.source, "0 3 * * *");
     assert_eq!(settings.retention.cleanup_batch_size, 5000);
     assert_eq!(settings.retention.cleanup_max_batches, 100);
+    assert_eq!(settings.retention.cleanup_concurrency, 2);
     assert_eq!(settings.http.addr.to_string(), "127.0.0.1:9464");
     assert_eq!(settings.http.export_max_rows, 10_000);
     assert_eq!(settings.log.format, LogFormat::Text);

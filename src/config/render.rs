@@ -76,6 +76,10 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                     "cleanup_max_batches",
                     s.retention.cleanup_max_batches.to_string(),
                 ),
+                (
+                    "cleanup_concurrency",
+                    s.retention.cleanup_concurrency.to_string(),
+                ),
             ],
         ),
         (
