@@ -43,6 +43,19 @@
 //!    batch, and at the end of the run) and the next run — on any replica — starts
 //!    the rotation there, as if the runs were one. A run limited to one organization
 //!    (`--org`) leaves the recorded rotation alone.
+//! 6. **Batches at once** (`cleanup_concurrency`, [`rotation`]). When the queue is
+//!    long enough, up to `cleanup_concurrency - 1` more sessions are taken out of the
+//!    pool for the run (closed afterwards, so their settings never reach the pool). The
+//!    second one first counts, index-only, how many expired rows each organization has,
+//!    up to a fair share of the run, while the locked session runs batches one at a
+//!    time; then each free session takes its own front of the queue, the shortest one
+//!    known (counts less what the run deleted since) to fill a batch with first turns.
+//!    Without such a front a batch waits for those in flight, or runs alone with the
+//!    whole queue, so every batch fills up as before and the cap holds to the row. An
+//!    organization is never in two batches at once, so its rows still go oldest first.
+//!    If a sink holds back any expired row the counts could overstate what may go, so
+//!    nothing is counted and batches run one at a time. A failed batch lets the others
+//!    in flight finish before the run reports the failure.
 //!
 //! A dry run ([`RunOptions::dry_run`]) takes no lock and deletes nothing: it counts,
 //! per organization, the expired rows, those a sink holds back, and so the rows a run
@@ -51,23 +64,27 @@
 //! [`run_scheduler`] repeats [`run_once`] on `cleanup_cron` (UTC); a failing run is
 //! logged and counted and never stops the scheduler.
 
+mod rotation;
 mod scheduler;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SubsecRound as _, TimeDelta, Utc};
 use deadpool_postgres::Pool;
+use futures_util::future::OptionFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::RetentionSettings;
 use crate::db::admin::{AuditRetention, OrgSlug};
-use crate::db::retention::{self as db, Keyset, OrganizationRetention, SinkPosition};
+use crate::db::retention::{self as db, OrganizationRetention, SinkPosition};
 use crate::db::DbError;
 use crate::telemetry::retention as telemetry;
 
+use rotation::{rotation_order, Prefix, Rotation, Served, Turn};
 pub use scheduler::{run_scheduler, run_scheduler_with_clock, Clock, SystemClock};
 
 /// How a run is asked to behave.
@@ -190,6 +207,9 @@ pub struct RunReport {
     pub rows_deleted: u64,
     /// Batch transactions that deleted rows.
     pub batches: u32,
+    /// Database sessions that ran batches: more than one when batches ran at once
+    /// (`retention.cleanup_concurrency`); 0 when nothing was deleted.
+    pub sessions: usize,
     /// The batch size of the run.
     pub batch_size: u32,
     /// The batch cap of the run.
@@ -216,6 +236,7 @@ impl RunReport {
             duration,
             rows_deleted: 0,
             batches: 0,
+            sessions: 0,
             batch_size: settings.cleanup_batch_size,
             max_batches: settings.cleanup_max_batches,
             stopped_at_cap: false,
@@ -490,6 +511,7 @@ async fn dry_run(
         duration: started.elapsed(),
         rows_deleted: 0,
         batches: 0,
+        sessions: 0,
         batch_size: settings.cleanup_batch_size,
         max_batches: settings.cleanup_max_batches,
         stopped_at_cap: false,
@@ -519,6 +541,7 @@ async fn locked_run(
         return Ok(None);
     }
     let result = delete_expired(
+        pool,
         &client,
         settings,
         options,
@@ -536,31 +559,134 @@ async fn locked_run(
     result.map(Some)
 }
 
-/// One organization's place in the rotation.
-#[derive(Debug, Clone, Copy)]
-struct Turn {
-    /// Index into the run's organization reports.
-    index: usize,
-    /// The last row deleted from it in this run, to continue after.
-    after: Option<Keyset>,
+/// A database session that runs batches: the locked connection, or one more taken
+/// out of the pool for the run.
+struct Worker<'a> {
+    /// Its position among the run's sessions (0: the locked one).
+    id: usize,
+    client: &'a tokio_postgres::Client,
+    statements: db::Statements,
 }
 
-/// Puts `items` (sorted by id) into rotation order: the first one with an id at or
-/// after `resume`, then the following ones, wrapping around.
-fn rotation<T>(items: Vec<T>, id: impl Fn(&T) -> Uuid, resume: Option<Uuid>) -> VecDeque<T> {
-    let start = resume.map_or(0, |resume| {
-        items
-            .iter()
-            .position(|item| id(item) >= resume)
-            .unwrap_or(0)
-    });
-    let mut queue: VecDeque<T> = items.into();
-    queue.rotate_left(start);
-    queue
+impl Worker<'_> {
+    /// Asynchronous commit for the whole (dedicated, never pooled) session: a batch
+    /// does not wait for its WAL flush, which costs 3-10 ms on ordinary disks, more
+    /// than the batch itself. The worst a server crash can do is undo the last few
+    /// batches' deletions, and those rows are still expired: the next run deletes them
+    /// again. Nothing depends on a deletion being durable, and the sink bound is
+    /// checked by each DELETE itself.
+    async fn start(id: usize, client: &tokio_postgres::Client) -> Result<Worker<'_>, DbError> {
+        db::use_asynchronous_commit(client).await?;
+        let statements = db::Statements::prepare(client).await?;
+        Ok(Worker {
+            id,
+            client,
+            statements,
+        })
+    }
 }
 
-/// The batches of a real run, on the locked connection.
+/// Sessions taken out of the pool for the run beside the locked one (none when
+/// `extra` is 0). Closed when dropped, so their session settings never reach the pool.
+/// A connection the pool cannot give only means fewer batches at once.
+async fn extra_sessions(pool: &Pool, extra: usize) -> Vec<deadpool_postgres::ClientWrapper> {
+    let mut clients = Vec::with_capacity(extra);
+    for _ in 0..extra {
+        match pool.get().await {
+            Ok(client) => clients.push(deadpool_postgres::Object::take(client)),
+            Err(err) => {
+                tracing::warn!(error = %err, sessions = clients.len() + 1, "Could not open another database session for the retention run; it runs fewer batches at once");
+                break;
+            }
+        }
+    }
+    clients
+}
+
+/// Counts on `worker`, for each `(organization, cutoff)`, how many expired rows it
+/// has, up to a fair share of the run's rows (at least a turn): what batches at once
+/// may count on. The count reads an organization's newest expired rows first, so it
+/// stops before the index entries of rows an earlier run deleted (its oldest), which
+/// cost a table read each until vacuum removes them. With a sink bound (`system_identifier`), only if no expired row is held
+/// back by it (such rows are counted but may not be deleted); otherwise nothing is
+/// learned and batches run one at a time.
+async fn learn_expired_rows<'w, 'a>(
+    worker: &'w Worker<'a>,
+    targets: Vec<(Uuid, DateTime<Utc>)>,
+    settings: &RetentionSettings,
+    system_identifier: Option<&str>,
+) -> (&'w Worker<'a>, Result<Vec<(Uuid, u64)>, DbError>) {
+    let result = async {
+        if let (Some(system_identifier), Some(latest)) = (
+            system_identifier,
+            targets.iter().map(|(_, cutoff)| *cutoff).max(),
+        ) {
+            if db::expired_rows_held_back(worker.client, latest, system_identifier).await? {
+                return Ok(Vec::new());
+            }
+        }
+        let batch_size = u64::from(settings.cleanup_batch_size);
+        let organizations = u64::try_from(targets.len()).unwrap_or(u64::MAX).max(1);
+        let fair_share =
+            (batch_size * u64::from(settings.cleanup_max_batches)).div_ceil(organizations);
+        let cap = fair_share
+            .max(rotation::turn_rows(batch_size, targets.len()))
+            .min(batch_size);
+        db::organizations_with_expired_rows(worker.client, &targets, cap).await
+    }
+    .await;
+    (worker, result)
+}
+
+/// One batch in flight.
+struct BatchRun<'w, 'a> {
+    worker: &'w Worker<'a>,
+    prefix: Prefix,
+    result: Result<db::BatchDeleted, DbError>,
+    duration: Duration,
+}
+
+/// Runs one batch on `worker` (and records the rotation's resume point alongside,
+/// in its own tiny transaction, when there is one to record).
+async fn run_batch<'w, 'a>(
+    worker: &'w Worker<'a>,
+    prefix: Prefix,
+    targets: Vec<db::BatchTarget>,
+    resume: Option<Uuid>,
+    system_identifier: &str,
+    batch_size: u64,
+    turn: u64,
+) -> BatchRun<'w, 'a> {
+    let started = Instant::now();
+    let batch = worker.statements.delete_batch(
+        worker.client,
+        &targets,
+        system_identifier,
+        batch_size,
+        turn,
+    );
+    let result = match resume {
+        Some(next) => tokio::try_join!(
+            worker.statements.set_resume_point(worker.client, next),
+            batch
+        )
+        .map(|(_, batch)| batch),
+        None => batch.await,
+    };
+    BatchRun {
+        worker,
+        prefix,
+        result,
+        duration: started.elapsed(),
+    }
+}
+
+/// The batches of a real run: on the locked connection and, when the queue is long
+/// enough to keep several batches full, on up to `cleanup_concurrency - 1` more
+/// sessions at once.
+#[allow(clippy::too_many_arguments)]
 async fn delete_expired(
+    pool: &Pool,
     client: &tokio_postgres::Client,
     settings: &RetentionSettings,
     options: &RunOptions,
@@ -583,7 +709,11 @@ async fn delete_expired(
         .iter()
         .filter(|org| org.effective_days.is_some())
         .count();
-    let with_work = db::organizations_with_expired_rows(client, &targets).await?;
+    let with_work: Vec<Uuid> = db::organizations_with_expired_rows(client, &targets, 1)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let resume_at = if rotate {
         db::resume_point(client).await?
     } else {
@@ -599,123 +729,199 @@ async fn delete_expired(
         .filter_map(|id| index_of.get(id))
         .map(|&index| Turn { index, after: None })
         .collect();
-    let mut queue = rotation(turns, |turn| reports[turn.index].id, resume_at);
-    let mut organizations_done = organizations_total.saturating_sub(queue.len());
-    for turn in &queue {
-        reports[turn.index].status = OrganizationStatus::Pending;
+    let mut rotation = Rotation::new(rotation_order(
+        turns,
+        |turn| reports[turn.index].id,
+        resume_at,
+    ));
+    let mut organizations_done = organizations_total.saturating_sub(rotation.len());
+    for index in with_work.iter().filter_map(|id| index_of.get(id)) {
+        reports[*index].status = OrganizationStatus::Pending;
     }
 
-    // Asynchronous commit for the whole (dedicated, never pooled) session: a batch
-    // does not wait for its WAL flush, which costs 3-10 ms on ordinary disks, more
-    // than the batch itself. The worst a server crash can do is undo the last few
-    // batches' deletions, and those rows are still expired: the next run deletes them
-    // again. Nothing depends on a deletion being durable, and the sink bound is
-    // checked by each DELETE itself.
-    db::use_asynchronous_commit(client).await?;
-    let statements = db::Statements::prepare(client).await?;
     let batch_size = u64::from(settings.cleanup_batch_size);
+    let concurrency = usize::try_from(settings.cleanup_concurrency)
+        .unwrap_or(1)
+        .max(1);
+    // More sessions only when the queue is long enough for several batches' first
+    // turns.
+    let first_turns = batch_size.div_ceil(rotation::turn_rows(batch_size, rotation.len()));
+    let extra = if concurrency > 1
+        && u64::try_from(rotation.len()).unwrap_or(u64::MAX) >= 2 * first_turns
+    {
+        concurrency - 1
+    } else {
+        0
+    };
+    let extra_clients = extra_sessions(pool, extra).await;
+    let mut workers = vec![Worker::start(0, client).await?];
+    for (n, extra_client) in extra_clients.iter().enumerate() {
+        workers.push(Worker::start(n + 1, extra_client).await?);
+    }
+    let mut deleted_by = vec![false; workers.len()];
+
+    let mut idle: Vec<&Worker<'_>> = workers.iter().rev().collect();
+    // Batches at once must know how many rows each organization can give at least
+    // (see rotation::Rotation::prefix_len): the second session counts them first,
+    // while the first runs batches one at a time.
+    let mut learning = std::pin::pin!(OptionFuture::from(if workers.len() > 1 {
+        idle.retain(|worker| worker.id != 1);
+        Some(learn_expired_rows(
+            &workers[1],
+            with_work
+                .iter()
+                .filter_map(|id| index_of.get(id))
+                .filter_map(|&index| {
+                    reports[index]
+                        .cutoff
+                        .map(|cutoff| (reports[index].id, cutoff))
+                })
+                .collect(),
+            settings,
+            bounded.then_some(system_identifier.as_str()),
+        ))
+    } else {
+        None
+    }));
+    let mut learned = workers.len() == 1;
+    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight_organizations = 0;
     let mut rows_deleted = 0u64;
     let mut batches = 0u32;
-    let mut stopped_at_cap = false;
-    let mut interrupted = false;
+    let mut failure: Option<RetentionError> = None;
     // Where the rotation stands after the last batch, recorded together with the
     // next batch (one round trip for both) or at the end of the run.
     let mut resume: Option<Uuid> = None;
-    while !queue.is_empty() {
-        if batches >= settings.cleanup_max_batches {
-            stopped_at_cap = true;
-            break;
-        }
-        if hooks.stop.is_some_and(CancellationToken::is_cancelled) {
-            interrupted = true;
-            break;
-        }
-        let prefix: Vec<Turn> = queue
-            .drain(..queue.len().min(db::MAX_TARGETS_PER_BATCH))
-            .collect();
-        let targets: Vec<db::BatchTarget> = prefix
-            .iter()
-            .filter_map(|turn| {
-                let org = &reports[turn.index];
-                // Only organizations with a cutoff were queued.
-                org.cutoff.map(|cutoff| db::BatchTarget {
-                    organization_id: org.id,
-                    cutoff,
-                    after: turn.after,
-                })
-            })
-            .collect();
-        // Share the batch evenly between the organizations waiting, in turns of at
-        // least MIN_TURN_ROWS: see audit_retention_delete_batch for why.
-        let waiting = u64::try_from(queue.len() + targets.len()).unwrap_or(u64::MAX);
-        let turn = (batch_size / waiting.max(1)).max(db::MIN_TURN_ROWS);
-        let batch_started = Instant::now();
-        let batch = statements.delete_batch(client, &targets, &system_identifier, batch_size, turn);
-        let batch = match resume.take() {
-            // The resume point is its own tiny transaction, sent along with the batch.
-            Some(next) if rotate => {
-                tokio::try_join!(statements.set_resume_point(client, next), batch)?.1
+    loop {
+        // Start batches while a session is free, the cap allows and work is queued.
+        while failure.is_none()
+            && !rotation.is_empty()
+            && !hooks.stop.is_some_and(CancellationToken::is_cancelled)
+            && batches + u32::try_from(in_flight.len()).unwrap_or(u32::MAX)
+                < settings.cleanup_max_batches
+        {
+            if idle.is_empty() {
+                break;
             }
-            _ => batch.await?,
+            // Share the batch evenly between the organizations waiting, in turns of at
+            // least MIN_TURN_ROWS: see audit_retention_delete_batch for why.
+            let turn = rotation::turn_rows(batch_size, rotation.len() + in_flight_organizations);
+            let alone = idle.len() == 1 && in_flight.is_empty();
+            let Some(take) = rotation.prefix_len(batch_size, turn, alone, !in_flight.is_empty())
+            else {
+                break;
+            };
+            let Some(worker) = idle.pop() else {
+                break;
+            };
+            let prefix = rotation.take_front(take);
+            in_flight_organizations += prefix.len();
+            let targets: Vec<db::BatchTarget> = prefix
+                .iter()
+                .filter_map(|(_, turn)| {
+                    let org = &reports[turn.index];
+                    // Only organizations with a cutoff were queued.
+                    org.cutoff.map(|cutoff| db::BatchTarget {
+                        organization_id: org.id,
+                        cutoff,
+                        after: turn.after,
+                    })
+                })
+                .collect();
+            let resume_now = if rotate { resume.take() } else { None };
+            in_flight.push(run_batch(
+                worker,
+                prefix,
+                targets,
+                resume_now,
+                &system_identifier,
+                batch_size,
+                turn,
+            ));
+        }
+        let done = tokio::select! {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
+            Some((worker, counts)) = &mut learning, if !learned => {
+                learned = true;
+                idle.push(worker);
+                match counts {
+                    Ok(counts) => {
+                        for (id, rows) in counts {
+                            if let Some(&index) = index_of.get(&id) {
+                                // Less what batches finished since deleted: a lower
+                                // bound whether or not the count saw those rows.
+                                rotation.learn(index, rows.saturating_sub(reports[index].rows_deleted));
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        failure.get_or_insert(err.into());
+                    }
+                }
+                continue;
+            }
+            else => break,
         };
-        let batch_duration = batch_started.elapsed();
+        let BatchRun {
+            worker,
+            prefix,
+            result,
+            duration: batch_duration,
+        } = done;
+        in_flight_organizations -= prefix.len();
+        idle.push(worker);
+        let batch = match result {
+            Ok(batch) => batch,
+            Err(err) => {
+                // Let the batches in flight finish (and count) before reporting it.
+                rotation.restore(prefix);
+                failure.get_or_insert(err.into());
+                continue;
+            }
+        };
         let batch_rows = batch.rows();
         telemetry::batch_finished(batch_duration, batch_rows);
 
-        let mut taken: Vec<Option<(Keyset, bool)>> = vec![None; prefix.len()];
-        for target in &batch.deleted {
-            taken[target.target] = Some((target.last, target.more));
-            reports[prefix[target.target].index].rows_deleted += target.rows;
-        }
-        // Back into the rotation: an organization that lost rows and has more goes to
-        // the back (its turn is over) and continues after its last row; one with
-        // nothing left is finished; those the batch did not reach keep their place
-        // at the front.
-        let mut finished = Vec::new();
-        let mut untouched = Vec::new();
-        for (i, mut turn) in prefix.into_iter().enumerate() {
-            if i > batch.reached {
-                untouched.push(turn);
-                continue;
-            }
-            match taken[i] {
-                Some((last, true)) => {
-                    turn.after = Some(last);
-                    queue.push_back(turn);
+        // An organization that lost rows and has more goes to the back (its turn is
+        // over) and continues after its last row; one with nothing left is finished;
+        // those the batch did not reach keep their places.
+        let mut served: Vec<Served> = (0..prefix.len())
+            .map(|i| {
+                if i > batch.reached {
+                    Served::NotReached
+                } else {
+                    Served::Done
                 }
-                _ => finished.push(turn.index),
+            })
+            .collect();
+        for target in &batch.deleted {
+            let index = prefix[target.target].1.index;
+            reports[index].rows_deleted += target.rows;
+            rotation.forget(index, target.rows);
+            if target.more {
+                served[target.target] = Served::More { last: target.last };
             }
         }
-        for turn in untouched.into_iter().rev() {
-            queue.push_front(turn);
-        }
+        let finished = rotation.settle(prefix, &served);
         if batch_rows > 0 {
+            deleted_by[worker.id] = true;
             batches += 1;
             rows_deleted += batch_rows;
             *deleted_so_far = rows_deleted;
         }
         if rotate {
-            resume = queue.front().map(|turn| reports[turn.index].id);
+            resume = rotation.front().map(|turn| reports[turn.index].id);
         }
 
         organizations_done += finished.len();
         for &index in &finished {
             reports[index].status = OrganizationStatus::Clean;
         }
-        if bounded {
-            let finished: Vec<(usize, DateTime<Utc>)> = finished
-                .iter()
-                .filter_map(|&index| reports[index].cutoff.map(|cutoff| (index, cutoff)))
-                .collect();
-            if !finished.is_empty() {
-                let targets: Vec<(Uuid, DateTime<Utc>)> = finished
-                    .iter()
-                    .map(|&(index, cutoff)| (reports[index].id, cutoff))
-                    .collect();
-                let held_back = db::count_held_back(client, &targets, &system_identifier).await?;
-                for ((index, _), rows) in finished.into_iter().zip(held_back) {
-                    reports[index].rows_held_back = Some(rows);
-                }
+        if bounded && failure.is_none() {
+            if let Err(err) =
+                count_held_back(worker.client, &mut reports, &finished, &system_identifier).await
+            {
+                failure.get_or_insert(err.into());
             }
         }
         if let Some(progress) = hooks.progress {
@@ -729,8 +935,16 @@ async fn delete_expired(
             });
         }
     }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let stopped_at_cap = !rotation.is_empty() && batches >= settings.cleanup_max_batches;
+    let interrupted = !rotation.is_empty() && !stopped_at_cap;
     if let Some(next) = resume {
-        statements.set_resume_point(client, next).await?;
+        workers[0]
+            .statements
+            .set_resume_point(workers[0].client, next)
+            .await?;
     }
     Ok(RunReport {
         outcome: RunOutcome::Completed,
@@ -739,6 +953,7 @@ async fn delete_expired(
         duration: started.elapsed(),
         rows_deleted,
         batches,
+        sessions: deleted_by.iter().filter(|used| **used).count(),
         batch_size: settings.cleanup_batch_size,
         max_batches: settings.cleanup_max_batches,
         stopped_at_cap,
@@ -749,25 +964,38 @@ async fn delete_expired(
     })
 }
 
+/// Records, for organizations just finished, how many of their expired rows a sink
+/// still holds back.
+async fn count_held_back(
+    client: &tokio_postgres::Client,
+    reports: &mut [OrganizationReport],
+    finished: &[usize],
+    system_identifier: &str,
+) -> Result<(), DbError> {
+    let finished: Vec<(usize, DateTime<Utc>)> = finished
+        .iter()
+        .filter_map(|&index| reports[index].cutoff.map(|cutoff| (index, cutoff)))
+        .collect();
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let targets: Vec<(Uuid, DateTime<Utc>)> = finished
+        .iter()
+        .map(|&(index, cutoff)| (reports[index].id, cutoff))
+        .collect();
+    let held_back = db::count_held_back(client, &targets, system_identifier).await?;
+    for ((index, _), rows) in finished.into_iter().zip(held_back) {
+        reports[index].rows_held_back = Some(rows);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
-    }
-
-    #[test]
-    fn rotation_starts_at_the_resume_point_and_wraps() {
-        let ids = vec![id(1), id(3), id(5), id(7)];
-        let order = |resume| Vec::from(rotation(ids.clone(), |id| *id, resume));
-        assert_eq!(order(None), [id(1), id(3), id(5), id(7)]);
-        assert_eq!(order(Some(id(5))), [id(5), id(7), id(1), id(3)]);
-        // A vanished organization: resume at the next larger id.
-        assert_eq!(order(Some(id(4))), [id(5), id(7), id(1), id(3)]);
-        // Past the last id: wrap to the first.
-        assert_eq!(order(Some(id(9))), [id(1), id(3), id(5), id(7)]);
-        assert!(rotation(Vec::<Uuid>::new(), |id| *id, Some(id(1))).is_empty());
     }
 
     #[test]

@@ -168,7 +168,10 @@ async fn a_huge_organization_does_not_starve_the_others_across_runs() {
     let db = TestDb::new().await;
     // Three batches per run, six organizations with expired rows: a run cannot serve
     // them all, so only the recorded rotation lets the later ones have their turn.
-    let settings = settings(10, 3);
+    // One batch at a time, so the turns follow the rotation exactly (with several,
+    // each batch in flight serves its own part of the queue: see the next test).
+    let mut settings = settings(10, 3);
+    settings.cleanup_concurrency = 1;
     let now = now();
     let old = now - TimeDelta::days(365);
     let huge = org(&db, 1, "huge", AuditRetention::Inherit).await;
@@ -220,6 +223,107 @@ async fn a_huge_organization_does_not_starve_the_others_across_runs() {
     // the huge one.
     let left = counts().await;
     assert_eq!(left, [1000 - (runs * 30 - 125), 0, 0, 0, 0, 0]);
+}
+
+#[tokio::test]
+async fn concurrent_batches_serve_every_organization_each_round_and_fill_the_cap() {
+    let db = TestDb::new().await;
+    // Ten organizations with expired rows and batches of 10 rows: a batch's first
+    // turn fills it, so two batches at once each take half of the queue.
+    let mut settings = settings(10, 4);
+    settings.cleanup_concurrency = 2;
+    let now = now();
+    let old = now - TimeDelta::days(365);
+    let huge = org(&db, 1, "huge", AuditRetention::Inherit).await;
+    events(&db, huge, 1000, old, TimeDelta::seconds(1)).await;
+    let mut all = vec![huge];
+    for n in 2..=10 {
+        let id = org(&db, n, &format!("small-{n}"), AuditRetention::Inherit).await;
+        events(&db, id, 25, old, TimeDelta::seconds(1)).await;
+        all.push(id);
+    }
+    let counts = || organization_counts(&db, &all);
+
+    let first = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("run 1");
+    assert_eq!((first.rows_deleted, first.batches), (40, 4));
+    assert_eq!(first.sessions, 2, "batches ran on two sessions");
+    assert!(first.stopped_at_cap);
+    let after_first = counts().await;
+    let served: Vec<usize> = after_first
+        .iter()
+        .zip([1000, 25, 25, 25, 25, 25, 25, 25, 25, 25])
+        .map(|(left, had)| had - left)
+        .collect();
+    assert_eq!(
+        served.iter().filter(|n| **n == 10).count(),
+        4,
+        "four turns of 10 rows for four different organizations: {served:?}"
+    );
+
+    // Every capped run spends its whole budget, and the small organizations (three
+    // turns each) are done within the runs strict rotation would need: 225 of their
+    // rows plus the huge one's turns, 40 rows a run.
+    let mut runs = 1;
+    while counts().await[1..].iter().any(|n| *n > 0) {
+        let report = run_once(db.pool(), &settings, real(), now)
+            .await
+            .expect("run");
+        assert_eq!(
+            report.rows_deleted, 40,
+            "every capped run uses its whole budget"
+        );
+        runs += 1;
+        assert!(
+            runs <= 8,
+            "small organizations still waiting after {runs} runs"
+        );
+    }
+    let left = counts().await;
+    assert_eq!(left[0], 1000 - (runs * 40 - 225));
+    assert!(left[1..].iter().all(|n| *n == 0), "{left:?}");
+}
+
+#[tokio::test]
+async fn batches_run_one_at_a_time_while_a_sink_holds_expired_rows_back() {
+    // Batches at once rely on counts of each organization's expired rows; a row a
+    // sink holds back is counted but may not go, so a batch could come out partly
+    // full. With such a row the run does one batch at a time, and still fills its cap.
+    let db = TestDb::new().await;
+    let mut settings = settings(10, 4);
+    settings.cleanup_concurrency = 2;
+    let now = now();
+    let old = now - TimeDelta::days(365);
+    let mut all = Vec::new();
+    let mut last = 0;
+    for n in 1..=10 {
+        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
+        last = *events(&db, id, 25, old, TimeDelta::seconds(1))
+            .await
+            .last()
+            .unwrap();
+        all.push(id);
+    }
+    // Imported late: expired, in a transaction after everything the sink wrote.
+    let held = event(&db, all[0], old - TimeDelta::days(1)).await;
+    let sysid = system_identifier(&db).await;
+    publish_position(&db, "sink-a", &sysid, last).await;
+
+    let first = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("run 1");
+    assert_eq!((first.rows_deleted, first.batches), (40, 4));
+    assert_eq!(first.sessions, 1, "one batch at a time");
+    assert!(remaining(&db, all[0]).await.contains(&held));
+
+    // The sink writes it: nothing is held back, batches run at once again.
+    publish_position(&db, "sink-a", &sysid, held).await;
+    let second = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("run 2");
+    assert_eq!((second.rows_deleted, second.batches), (40, 4));
+    assert_eq!(second.sessions, 2, "two batches at once");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 //! - by the file sinks: only rows at or before the lowest position published for
 //!   this cluster (`(tx, id) <= (tx, event_id)`, the mirror's commit-order cursor)
 //!   may go, so no sink ever misses an event that retention removed first. The bound
-//!   is computed inside each statement ([`SINK_BOUND`]), so it and the rows come from
+//!   is computed inside each statement (`sink_bound`), so it and the rows come from
 //!   one snapshot; with no position published nothing is held back.
 
 use chrono::{DateTime, Utc};
@@ -279,30 +279,67 @@ pub async fn use_asynchronous_commit(client: &impl GenericClient) -> Result<(), 
 }
 
 /// Of the given `(organization, cutoff)` pairs, the organizations that have at least
-/// one row older than their cutoff, in the order given. One index probe each, so a
-/// run does not open a batch for each of thousands of organizations with nothing to
-/// delete.
+/// one row older than their cutoff, in the order given, each with how many it has, up
+/// to `cap` (at least 1). One index probe each, reading at most `cap` index entries
+/// (index-only where the table's pages are all-visible), so a run does not open a
+/// batch for each of thousands of organizations with nothing to delete, and knows
+/// how many rows each can at least give.
 pub async fn organizations_with_expired_rows(
     client: &impl GenericClient,
     targets: &[(Uuid, DateTime<Utc>)],
-) -> Result<Vec<Uuid>, DbError> {
+    cap: u64,
+) -> Result<Vec<(Uuid, u64)>, DbError> {
     let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
     let cutoffs: Vec<DateTime<Utc>> = targets.iter().map(|(_, cutoff)| *cutoff).collect();
+    let cap = i64::try_from(cap.max(1)).unwrap_or(i64::MAX);
     let rows = client
         .query(
-            "SELECT t.id
-             FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS t(id, cutoff, n)
-             WHERE EXISTS (
-                 SELECT 1 FROM audit_events e
-                 WHERE e.organization_id = t.id AND e.occurred_at < t.cutoff
-             )
-             ORDER BY t.n",
-            &[&ids, &cutoffs],
+            "SELECT t.id, c.n
+             FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS t(id, cutoff, o)
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS n FROM (
+                     SELECT 1 FROM audit_events e
+                     WHERE e.organization_id = t.id AND e.occurred_at < t.cutoff
+                     LIMIT $3::bigint
+                 ) AS expired
+             ) AS c
+             WHERE c.n > 0
+             ORDER BY t.o",
+            &[&ids, &cutoffs, &cap],
         )
         .await?;
     rows.iter()
-        .map(|row| row.try_get(0).map_err(DbError::from))
+        .map(|row| {
+            let n: i64 = row.try_get(1)?;
+            Ok((row.try_get(0)?, u64::try_from(n).unwrap_or_default()))
+        })
         .collect()
+}
+
+/// Whether any row older than `cutoff` lies past the bound of the cluster
+/// `system_identifier`: an expired row a sink has not written yet. Reads the rows
+/// past the bound in commit order (`audit_events_tx_id_idx`): as many as the sinks
+/// lag behind, and none when no sink publishes.
+pub async fn expired_rows_held_back(
+    client: &impl GenericClient,
+    cutoff: DateTime<Utc>,
+    system_identifier: &str,
+) -> Result<bool, DbError> {
+    // ORDER BY … LIMIT, not EXISTS: the planner cannot see the bound, and without the
+    // order it reads the whole table instead of the index from the bound on.
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM audit_events
+                 WHERE (tx, id) > {bound} AND occurred_at < $1::timestamptz
+                 ORDER BY tx, id
+                 LIMIT 1",
+                bound = sink_bound(2)
+            ),
+            &[&cutoff, &system_identifier],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Organizations passed to one batch at most: enough that a batch is full whenever

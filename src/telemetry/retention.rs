@@ -153,6 +153,7 @@ pub(crate) fn run_finished(report: &RunReport, finished_at: DateTime<Utc>) {
     tracing::info!(
         rows_deleted = report.rows_deleted,
         batches = report.batches,
+        sessions = report.sessions,
         organizations_processed = report.organizations_processed(),
         organizations_skipped = report.organizations_skipped(),
         organizations_pending = report.organizations_pending(),
