@@ -7,14 +7,16 @@
 //!
 //! - **unbounded**: `DELETE FROM audit_events WHERE occurred_at < cutoff`, one
 //!   statement, one transaction;
-//! - **retention**: `retention::run_once` with the default batch size and batch cap,
-//!   repeated until a run finds nothing left (so it includes each run's fixed cost).
+//! - **retention**: `retention::run_once` with the default batch size, batch cap and
+//!   concurrency, repeated until a run finds nothing left (so it includes each run's
+//!   fixed cost);
+//! - **one batch at a time**: the same with `cleanup_concurrency = 1`, for comparison.
 //!
-//! The trials alternate (unbounded, retention, retention, unbounded, unbounded,
-//! retention) so that neither method always meets the warmer cache or the quieter
-//! moment of a shared machine. It prints a table with the rates, the time spent
-//! inside batch statements (the rest of a retention trial is its runs' fixed cost and
-//! the time between batches), the ratio
+//! The trials alternate (unbounded, retention, one at a time, one at a time, retention,
+//! unbounded, unbounded, retention, one at a time) so that no method always meets the
+//! warmer cache or the quieter moment of a shared machine. It prints a table with the
+//! rates, the time spent inside batch statements (summed over the sessions that ran
+//! them: more than the trial's time when batches ran at once), the ratio
 //! of the rates (requirement: retention ≥ 0.5 × unbounded), and the longest and 99th
 //! percentile batch transaction (requirement: ≤ 250 ms at the default batch size); it
 //! exits with status 1 if a requirement is not met.
@@ -264,8 +266,11 @@ async fn unbounded(url: &str, cutoff: DateTime<Utc>) -> Trial {
     }
 }
 
-async fn batched(url: &str, now: DateTime<Utc>) -> Trial {
-    let settings = Settings::with_defaults(url);
+async fn batched(url: &str, now: DateTime<Utc>, one_at_a_time: bool) -> Trial {
+    let mut settings = Settings::with_defaults(url);
+    if one_at_a_time {
+        settings.retention.cleanup_concurrency = 1;
+    }
     let pool = db::pool(&settings.database).await.expect("pool");
     let durations = Mutex::new(Vec::new());
     let record = |progress: &Progress| {
@@ -301,7 +306,11 @@ async fn batched(url: &str, now: DateTime<Utc>) -> Trial {
     let elapsed = started.elapsed();
     pool.close();
     Trial {
-        method: "retention (batched)",
+        method: if one_at_a_time {
+            "one batch at a time"
+        } else {
+            "retention (batched)"
+        },
         rows,
         elapsed,
         batches,
@@ -364,10 +373,13 @@ async fn main() {
     for (n, method) in [
         "unbounded",
         "retention",
+        "serial",
+        "serial",
         "retention",
         "unbounded",
         "unbounded",
         "retention",
+        "serial",
     ]
     .into_iter()
     .enumerate()
@@ -377,7 +389,8 @@ async fn main() {
         eprintln!("Trial {}: {method} …", n + 1);
         let trial = match method {
             "unbounded" => unbounded(&url, cutoff).await,
-            _ => batched(&url, now).await,
+            "serial" => batched(&url, now, true).await,
+            _ => batched(&url, now, false).await,
         };
         // One copy at a time: each is the size of the template.
         databases.drop_one(&name).await;
@@ -391,8 +404,8 @@ async fn main() {
     databases.drop_all().await;
 
     println!(
-        "Retention benchmark: {rows} expired rows over {orgs} organizations (+{fresh} fresh), batch size {}, at most {} batches per run",
-        defaults.cleanup_batch_size, defaults.cleanup_max_batches
+        "Retention benchmark: {rows} expired rows over {orgs} organizations (+{fresh} fresh), batch size {}, at most {} batches per run, {} at once",
+        defaults.cleanup_batch_size, defaults.cleanup_max_batches, defaults.cleanup_concurrency
     );
     println!("PostgreSQL: {}", facts.join(", "));
     println!();
@@ -435,9 +448,10 @@ async fn main() {
         rates.iter().sum::<f64>() / rates.len() as f64
     };
     let ratio = mean_rate("retention") / mean_rate("unbounded");
+    let serial_ratio = mean_rate("one batch") / mean_rate("unbounded");
     let mut batch_durations: Vec<Duration> = trials
         .iter()
-        .filter(|t| t.method.starts_with("retention"))
+        .filter(|t| !t.method.starts_with("unbounded"))
         .flat_map(|t| t.batch_durations.iter().copied())
         .collect();
     batch_durations.sort();
@@ -449,6 +463,9 @@ async fn main() {
     println!(
         "rate ratio (retention / unbounded, mean of trials): {ratio:.2}  (required >= 0.50: {})",
         if ratio_ok { "ok" } else { "FAILED" }
+    );
+    println!(
+        "  with one batch at a time (cleanup_concurrency = 1): {serial_ratio:.2}  (for comparison)"
     );
     println!(
         "batch transactions: p99 {} ms, max {} ms  (required max <= 250 ms: {})",
