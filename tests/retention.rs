@@ -736,6 +736,67 @@ async fn inserts_are_not_blocked_by_a_batch_in_progress() {
 }
 
 #[tokio::test]
+async fn a_session_lost_mid_run_fails_the_run_and_loses_nothing() {
+    let db = TestDb::new().await;
+    // Small batches on two sessions; one of them is caught inside a batch and its
+    // backend terminated.
+    let mut settings = settings(10, 1000);
+    settings.cleanup_concurrency = 2;
+    let now = now();
+    let old = now - TimeDelta::days(200);
+    let mut all = Vec::new();
+    let mut locked = 0;
+    for n in 1..=10 {
+        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
+        let ids = events(&db, id, 30, old, TimeDelta::minutes(1)).await;
+        if n == 6 {
+            locked = ids[15];
+        }
+        all.push(id);
+    }
+    let row_lock = RowLock::take(&db, locked).await;
+    let run = tokio::spawn({
+        let pool = db.pool().clone();
+        let settings = settings.clone();
+        async move { run_once(&pool, &settings, real(), now).await }
+    });
+    wait_until("a batch waits for the locked row", || {
+        delete_is_waiting(&db)
+    })
+    .await;
+    let terminated: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM (
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database()
+                   AND application_name = 'compartment-auditd'
+                   AND wait_event_type = 'Lock'
+             ) AS t",
+            &[],
+        )
+        .await
+        .expect("terminate the waiting backend")
+        .get(0);
+    assert_eq!(terminated, 1);
+    row_lock.release().await;
+    let failed = run.await.expect("run task");
+    assert!(
+        failed.is_err(),
+        "the run reports the lost session: {failed:?}"
+    );
+
+    // Nothing half done: the next run deletes the rest, each row once.
+    let report = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("the next run");
+    assert!(!report.stopped_at_cap);
+    assert_eq!(organization_counts(&db, &all).await, [0; 10]);
+    assert_eq!(advisory_locks(&db).await, 0, "no lock left behind");
+}
+
+#[tokio::test]
 async fn a_stop_request_ends_the_run_between_batches() {
     let db = TestDb::new().await;
     let settings = settings(10, 100);
