@@ -588,11 +588,14 @@ impl Worker<'_> {
 
 /// Sessions taken out of the pool for the run beside the locked one (none when
 /// `extra` is 0). Closed when dropped, so their session settings never reach the pool.
-/// A connection the pool cannot give only means fewer batches at once.
+/// A connection the pool cannot give at once (all in use) only means fewer batches at
+/// once: the run does not wait for the API's requests to finish.
 async fn extra_sessions(pool: &Pool, extra: usize) -> Vec<deadpool_postgres::ClientWrapper> {
     let mut clients = Vec::with_capacity(extra);
+    let mut timeouts = pool.timeouts();
+    timeouts.wait = Some(Duration::ZERO);
     for _ in 0..extra {
-        match pool.get().await {
+        match pool.timeout_get(&timeouts).await {
             Ok(client) => clients.push(deadpool_postgres::Object::take(client)),
             Err(err) => {
                 tracing::warn!(error = %err, sessions = clients.len() + 1, "Could not open another database session for the retention run; it runs fewer batches at once");
@@ -793,13 +796,15 @@ async fn delete_expired(
     // next batch (one round trip for both) or at the end of the run.
     let mut resume: Option<Uuid> = None;
     loop {
+        let may_start = |rotation: &Rotation, in_flight: usize| {
+            failure.is_none()
+                && !rotation.is_empty()
+                && !hooks.stop.is_some_and(CancellationToken::is_cancelled)
+                && batches + u32::try_from(in_flight).unwrap_or(u32::MAX)
+                    < settings.cleanup_max_batches
+        };
         // Start batches while a session is free, the cap allows and work is queued.
-        while failure.is_none()
-            && !rotation.is_empty()
-            && !hooks.stop.is_some_and(CancellationToken::is_cancelled)
-            && batches + u32::try_from(in_flight.len()).unwrap_or(u32::MAX)
-                < settings.cleanup_max_batches
-        {
+        while may_start(&rotation, in_flight.len()) {
             if idle.is_empty() {
                 break;
             }
@@ -838,6 +843,11 @@ async fn delete_expired(
                 batch_size,
                 turn,
             ));
+        }
+        // Nothing in flight and nothing more to start: done, without waiting for a
+        // count still running (a shutdown must not wait for it).
+        if in_flight.is_empty() && !may_start(&rotation, 0) {
+            break;
         }
         let done = tokio::select! {
             Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
