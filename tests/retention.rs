@@ -843,6 +843,59 @@ async fn a_stop_request_ends_the_run_between_batches() {
     assert_eq!(report.rows_deleted, 80);
 }
 
+#[tokio::test]
+async fn a_stop_request_lets_the_batches_in_flight_finish_and_starts_no_more() {
+    let db = TestDb::new().await;
+    let mut settings = settings(10, 100);
+    settings.cleanup_concurrency = 2;
+    let now = now();
+    let mut all = Vec::new();
+    for n in 1..=10 {
+        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
+        events(
+            &db,
+            id,
+            30,
+            now - TimeDelta::days(100),
+            TimeDelta::minutes(1),
+        )
+        .await;
+        all.push(id);
+    }
+    let stop = CancellationToken::new();
+    let progress = |progress: &Progress| {
+        if progress.batches == 4 {
+            stop.cancel();
+        }
+    };
+    let hooks = RunHooks {
+        stop: Some(&stop),
+        progress: Some(&progress),
+    };
+    let report = run_once_with(db.pool(), &settings, real(), now, hooks)
+        .await
+        .expect("run");
+    assert!(report.interrupted);
+    assert!(!report.stopped_at_cap);
+    // The batch in flight beside the fourth, if any, finished; none started after.
+    assert!(
+        (4..=5).contains(&report.batches),
+        "{} batches",
+        report.batches
+    );
+    assert_eq!(
+        report.rows_deleted,
+        u64::from(report.batches) * 10,
+        "every batch full"
+    );
+    let left: usize = organization_counts(&db, &all).await.iter().sum();
+    assert_eq!(left as u64, 300 - report.rows_deleted);
+    let next = run_once(db.pool(), &settings, real(), now)
+        .await
+        .expect("next run");
+    assert_eq!(next.rows_deleted + report.rows_deleted, 300);
+}
+
 /// Events left per organization, in the order given.
 async fn organization_counts(db: &TestDb, ids: &[Uuid]) -> Vec<usize> {
     let mut out = Vec::new();
