@@ -7,8 +7,9 @@ mod retention_support;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use common::TestDb;
+use compartment_auditd::config::RetentionSettings;
 use compartment_auditd::db::admin::AuditRetention;
 use compartment_auditd::db::retention::{MIN_TURN_ROWS, RETENTION_LOCK_KEY};
 use compartment_auditd::retention::{
@@ -163,6 +164,38 @@ async fn the_batch_cap_holds_exactly_and_the_next_run_continues_oldest_first() {
     assert_eq!(count(&db, small).await, 0);
 }
 
+/// Runs retention until every organization of `all` but the first (the huge one) is
+/// empty, `runs` runs having been made already; every one must be capped and spend
+/// its whole budget, and there may be at most `max_runs` in all. Returns the runs made.
+async fn run_until_the_small_ones_are_done(
+    db: &TestDb,
+    settings: &RetentionSettings,
+    now: DateTime<Utc>,
+    all: &[Uuid],
+    mut runs: usize,
+    max_runs: usize,
+) -> usize {
+    let budget = u64::from(settings.cleanup_batch_size) * u64::from(settings.cleanup_max_batches);
+    while organization_counts(db, all).await[1..]
+        .iter()
+        .any(|n| *n > 0)
+    {
+        let report = run_once(db.pool(), settings, real(), now)
+            .await
+            .expect("run");
+        assert_eq!(
+            report.rows_deleted, budget,
+            "every capped run uses its whole budget"
+        );
+        runs += 1;
+        assert!(
+            runs <= max_runs,
+            "small organizations still waiting after {runs} runs"
+        );
+    }
+    runs
+}
+
 #[tokio::test]
 async fn a_huge_organization_does_not_starve_the_others_across_runs() {
     let db = TestDb::new().await;
@@ -204,21 +237,7 @@ async fn a_huge_organization_does_not_starve_the_others_across_runs() {
         "the second run serves the organizations the first could not"
     );
 
-    let mut runs = 2;
-    while counts().await[1..].iter().any(|n| *n > 0) {
-        let report = run_once(db.pool(), &settings, real(), now)
-            .await
-            .expect("run");
-        assert_eq!(
-            report.rows_deleted, 30,
-            "every capped run uses its whole budget"
-        );
-        runs += 1;
-        assert!(
-            runs <= 6,
-            "small organizations still waiting after {runs} runs"
-        );
-    }
+    let runs = run_until_the_small_ones_are_done(&db, &settings, now, &all, 2, 6).await;
     // Every run spent its whole budget; what the small ones did not take went to
     // the huge one.
     let left = counts().await;
@@ -229,17 +248,18 @@ async fn a_huge_organization_does_not_starve_the_others_across_runs() {
 async fn concurrent_batches_serve_every_organization_each_round_and_fill_the_cap() {
     let db = TestDb::new().await;
     // Ten organizations with expired rows and batches of 10 rows: a batch's first
-    // turn fills it, so two batches at once each take half of the queue.
-    let mut settings = settings(10, 4);
+    // turn fills it, so batches at once each take one organization. 40 batches a run:
+    // the second session's count (ten index probes) is long done before the cap.
+    let mut settings = settings(10, 40);
     settings.cleanup_concurrency = 2;
     let now = now();
     let old = now - TimeDelta::days(365);
     let huge = org(&db, 1, "huge", AuditRetention::Inherit).await;
-    events(&db, huge, 1000, old, TimeDelta::seconds(1)).await;
+    events(&db, huge, 5000, old, TimeDelta::seconds(1)).await;
     let mut all = vec![huge];
     for n in 2..=10 {
         let id = org(&db, n, &format!("small-{n}"), AuditRetention::Inherit).await;
-        events(&db, id, 25, old, TimeDelta::seconds(1)).await;
+        events(&db, id, 100, old, TimeDelta::seconds(1)).await;
         all.push(id);
     }
     let counts = || organization_counts(&db, &all);
@@ -247,41 +267,17 @@ async fn concurrent_batches_serve_every_organization_each_round_and_fill_the_cap
     let first = run_once(db.pool(), &settings, real(), now)
         .await
         .expect("run 1");
-    assert_eq!((first.rows_deleted, first.batches), (40, 4));
+    assert_eq!((first.rows_deleted, first.batches), (400, 40));
     assert_eq!(first.sessions, 2, "batches ran on two sessions");
     assert!(first.stopped_at_cap);
-    let after_first = counts().await;
-    let served: Vec<usize> = after_first
-        .iter()
-        .zip([1000, 25, 25, 25, 25, 25, 25, 25, 25, 25])
-        .map(|(left, had)| had - left)
-        .collect();
-    assert_eq!(
-        served.iter().filter(|n| **n == 10).count(),
-        4,
-        "four turns of 10 rows for four different organizations: {served:?}"
-    );
+    // Four rounds of the rotation: every organization had four turns of 10 rows.
+    assert_eq!(counts().await, [4960, 60, 60, 60, 60, 60, 60, 60, 60, 60]);
 
-    // Every capped run spends its whole budget, and the small organizations (three
-    // turns each) are done within the runs strict rotation would need: 225 of their
-    // rows plus the huge one's turns, 40 rows a run.
-    let mut runs = 1;
-    while counts().await[1..].iter().any(|n| *n > 0) {
-        let report = run_once(db.pool(), &settings, real(), now)
-            .await
-            .expect("run");
-        assert_eq!(
-            report.rows_deleted, 40,
-            "every capped run uses its whole budget"
-        );
-        runs += 1;
-        assert!(
-            runs <= 8,
-            "small organizations still waiting after {runs} runs"
-        );
-    }
+    // Every capped run spends its whole budget, and the small organizations (ten
+    // turns each) are done in the runs strict rotation needs: three.
+    let runs = run_until_the_small_ones_are_done(&db, &settings, now, &all, 1, 3).await;
     let left = counts().await;
-    assert_eq!(left[0], 1000 - (runs * 40 - 225));
+    assert_eq!(left[0], 5000 - (runs * 400 - 900));
     assert!(left[1..].iter().all(|n| *n == 0), "{left:?}");
 }
 
@@ -291,7 +287,8 @@ async fn batches_run_one_at_a_time_while_a_sink_holds_expired_rows_back() {
     // sink holds back is counted but may not go, so a batch could come out partly
     // full. With such a row the run does one batch at a time, and still fills its cap.
     let db = TestDb::new().await;
-    let mut settings = settings(10, 4);
+    // 40 batches a run: the count is long done before the cap.
+    let mut settings = settings(10, 40);
     settings.cleanup_concurrency = 2;
     let now = now();
     let old = now - TimeDelta::days(365);
@@ -299,7 +296,7 @@ async fn batches_run_one_at_a_time_while_a_sink_holds_expired_rows_back() {
     let mut last = 0;
     for n in 1..=10 {
         let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
-        last = *events(&db, id, 25, old, TimeDelta::seconds(1))
+        last = *events(&db, id, 100, old, TimeDelta::seconds(1))
             .await
             .last()
             .unwrap();
@@ -313,7 +310,7 @@ async fn batches_run_one_at_a_time_while_a_sink_holds_expired_rows_back() {
     let first = run_once(db.pool(), &settings, real(), now)
         .await
         .expect("run 1");
-    assert_eq!((first.rows_deleted, first.batches), (40, 4));
+    assert_eq!((first.rows_deleted, first.batches), (400, 40));
     assert_eq!(first.sessions, 1, "one batch at a time");
     assert!(remaining(&db, all[0]).await.contains(&held));
 
@@ -322,7 +319,7 @@ async fn batches_run_one_at_a_time_while_a_sink_holds_expired_rows_back() {
     let second = run_once(db.pool(), &settings, real(), now)
         .await
         .expect("run 2");
-    assert_eq!((second.rows_deleted, second.batches), (40, 4));
+    assert_eq!((second.rows_deleted, second.batches), (400, 40));
     assert_eq!(second.sessions, 2, "two batches at once");
 }
 
