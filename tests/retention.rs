@@ -292,16 +292,9 @@ async fn batches_run_one_at_a_time_while_a_sink_holds_expired_rows_back() {
     settings.cleanup_concurrency = 2;
     let now = now();
     let old = now - TimeDelta::days(365);
-    let mut all = Vec::new();
-    let mut last = 0;
-    for n in 1..=10 {
-        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
-        last = *events(&db, id, 100, old, TimeDelta::seconds(1))
-            .await
-            .last()
-            .unwrap();
-        all.push(id);
-    }
+    let made = organizations_with_events(&db, 10, 100, old).await;
+    let all: Vec<Uuid> = made.iter().map(|(id, _)| *id).collect();
+    let last = *made[9].1.last().unwrap();
     // Imported late: expired, in a transaction after everything the sink wrote.
     let held = event(&db, all[0], old - TimeDelta::days(1)).await;
     let sysid = system_identifier(&db).await;
@@ -741,16 +734,9 @@ async fn a_session_lost_mid_run_fails_the_run_and_loses_nothing() {
     settings.cleanup_concurrency = 2;
     let now = now();
     let old = now - TimeDelta::days(200);
-    let mut all = Vec::new();
-    let mut locked = 0;
-    for n in 1..=10 {
-        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
-        let ids = events(&db, id, 30, old, TimeDelta::minutes(1)).await;
-        if n == 6 {
-            locked = ids[15];
-        }
-        all.push(id);
-    }
+    let made = organizations_with_events(&db, 10, 30, old).await;
+    let all: Vec<Uuid> = made.iter().map(|(id, _)| *id).collect();
+    let locked = made[5].1[15];
     let row_lock = RowLock::take(&db, locked).await;
     let run = tokio::spawn({
         let pool = db.pool().clone();
@@ -846,19 +832,8 @@ async fn a_stop_request_lets_the_batches_in_flight_finish_and_starts_no_more() {
     let mut settings = settings(10, 100);
     settings.cleanup_concurrency = 2;
     let now = now();
-    let mut all = Vec::new();
-    for n in 1..=10 {
-        let id = org(&db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
-        events(
-            &db,
-            id,
-            30,
-            now - TimeDelta::days(100),
-            TimeDelta::minutes(1),
-        )
-        .await;
-        all.push(id);
-    }
+    let made = organizations_with_events(&db, 10, 30, now - TimeDelta::days(100)).await;
+    let all: Vec<Uuid> = made.iter().map(|(id, _)| *id).collect();
     let stop = CancellationToken::new();
     let progress = |progress: &Progress| {
         if progress.batches == 4 {

@@ -78,6 +78,24 @@ pub async fn events(
         .collect()
 }
 
+/// Organizations `org-1` … `org-N` (ids 1 … N, retention `inherit`), each with
+/// `each` events from `first` on, one a minute, each organization's in a transaction
+/// of its own. Returns the organizations and their event ids, in that order.
+pub async fn organizations_with_events(
+    db: &TestDb,
+    organizations: u128,
+    each: i64,
+    first: DateTime<Utc>,
+) -> Vec<(Uuid, Vec<i64>)> {
+    let mut made = Vec::new();
+    for n in 1..=organizations {
+        let id = org(db, n, &format!("org-{n}"), AuditRetention::Inherit).await;
+        let ids = events(db, id, each, first, TimeDelta::minutes(1)).await;
+        made.push((id, ids));
+    }
+    made
+}
+
 /// Inserts one event at `occurred_at` in a transaction of its own; returns its id.
 pub async fn event(db: &TestDb, organization_id: Uuid, occurred_at: DateTime<Utc>) -> i64 {
     events(db, organization_id, 1, occurred_at, TimeDelta::zero()).await[0]
