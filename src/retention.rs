@@ -610,9 +610,10 @@ async fn extra_sessions(pool: &Pool, extra: usize) -> Vec<deadpool_postgres::Cli
 /// has, up to a fair share of the run's rows (at least a turn): what batches at once
 /// may count on. The count reads an organization's newest expired rows first, so it
 /// stops before the index entries of rows an earlier run deleted (its oldest), which
-/// cost a table read each until vacuum removes them. With a sink bound (`system_identifier`), only if no expired row is held
-/// back by it (such rows are counted but may not be deleted); otherwise nothing is
-/// learned and batches run one at a time.
+/// cost a table read each until vacuum removes them. With a sink bound
+/// (`system_identifier`), only if no expired row is held back by it (such rows are
+/// counted but may not be deleted); otherwise nothing is learned and batches run one
+/// at a time.
 async fn learn_expired_rows<'w, 'a>(
     worker: &'w Worker<'a>,
     targets: Vec<(Uuid, DateTime<Utc>)>,
@@ -732,15 +733,23 @@ async fn delete_expired(
         .filter_map(|id| index_of.get(id))
         .map(|&index| Turn { index, after: None })
         .collect();
+    for turn in &turns {
+        reports[turn.index].status = OrganizationStatus::Pending;
+    }
+    // What the second session counts, if there is one (see `learn_expired_rows`).
+    let pending: Vec<(Uuid, DateTime<Utc>)> = turns
+        .iter()
+        .filter_map(|turn| {
+            let org = &reports[turn.index];
+            org.cutoff.map(|cutoff| (org.id, cutoff))
+        })
+        .collect();
     let mut rotation = Rotation::new(rotation_order(
         turns,
         |turn| reports[turn.index].id,
         resume_at,
     ));
     let mut organizations_done = organizations_total.saturating_sub(rotation.len());
-    for index in with_work.iter().filter_map(|id| index_of.get(id)) {
-        reports[*index].status = OrganizationStatus::Pending;
-    }
 
     let batch_size = u64::from(settings.cleanup_batch_size);
     let concurrency = usize::try_from(settings.cleanup_concurrency)
@@ -748,10 +757,9 @@ async fn delete_expired(
         .max(1);
     // More sessions only when the queue is long enough for several batches' first
     // turns.
-    let first_turns = batch_size.div_ceil(rotation::turn_rows(batch_size, rotation.len()));
-    let extra = if concurrency > 1
-        && u64::try_from(rotation.len()).unwrap_or(u64::MAX) >= 2 * first_turns
-    {
+    let first_turns =
+        rotation::first_turns(batch_size, rotation::turn_rows(batch_size, rotation.len()));
+    let extra = if concurrency > 1 && rotation.len() >= first_turns.saturating_mul(2) {
         concurrency - 1
     } else {
         0
@@ -771,15 +779,7 @@ async fn delete_expired(
         idle.retain(|worker| worker.id != 1);
         Some(learn_expired_rows(
             &workers[1],
-            with_work
-                .iter()
-                .filter_map(|id| index_of.get(id))
-                .filter_map(|&index| {
-                    reports[index]
-                        .cutoff
-                        .map(|cutoff| (reports[index].id, cutoff))
-                })
-                .collect(),
+            pending,
             settings,
             bounded.then_some(system_identifier.as_str()),
         ))

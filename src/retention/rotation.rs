@@ -149,7 +149,7 @@ impl Rotation {
         if alone {
             return Some(all);
         }
-        let first_turns = usize::try_from(batch_size.div_ceil(turn.max(1))).unwrap_or(usize::MAX);
+        let first_turns = first_turns(batch_size, turn);
         let mut known = 0u64;
         for (n, turn) in self.waiting.values().take(all).enumerate() {
             known = known.saturating_add(self.known(turn.index));
@@ -171,6 +171,11 @@ impl Rotation {
 pub(super) fn turn_rows(batch_size: u64, waiting: usize) -> u64 {
     let waiting = u64::try_from(waiting).unwrap_or(u64::MAX).max(1);
     (batch_size / waiting).max(MIN_TURN_ROWS)
+}
+
+/// How many organizations' first turns (of `turn` rows) fill a batch of `batch_size`.
+pub(super) fn first_turns(batch_size: u64, turn: u64) -> usize {
+    usize::try_from(batch_size.div_ceil(turn.max(1))).unwrap_or(usize::MAX)
 }
 
 /// Puts `items` (sorted by id) into rotation order: the first one with an id at or
