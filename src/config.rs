@@ -59,6 +59,8 @@ pub const ENV_DATABASE_CONNECT_TIMEOUT: &str = "COMPARTMENT_DATABASE_CONNECT_TIM
 pub const ENV_DATABASE_POOL_IDLE_TIMEOUT: &str = "COMPARTMENT_DATABASE_POOL_IDLE_TIMEOUT";
 /// `database.keepalive_idle`.
 pub const ENV_DATABASE_KEEPALIVE_IDLE: &str = "COMPARTMENT_DATABASE_KEEPALIVE_IDLE";
+/// `database.api_pool_size`.
+pub const ENV_DATABASE_API_POOL_SIZE: &str = "COMPARTMENT_DATABASE_API_POOL_SIZE";
 /// `file_sink.enabled`.
 pub const ENV_FILE_SINK_ENABLED: &str = "COMPARTMENT_AUDIT_FILE_SINK_ENABLED";
 /// `file_sink.dir`.
@@ -115,6 +117,12 @@ pub const ENV_HTTP_MAX_QUERY_BYTES: &str = "COMPARTMENT_AUDIT_HTTP_MAX_QUERY_BYT
 pub const ENV_HTTP_REQUEST_TIMEOUT: &str = "COMPARTMENT_AUDIT_HTTP_REQUEST_TIMEOUT";
 /// `http.max_concurrent_exports`.
 pub const ENV_HTTP_MAX_CONCURRENT_EXPORTS: &str = "COMPARTMENT_AUDIT_HTTP_MAX_CONCURRENT_EXPORTS";
+/// `http.statement_timeout`.
+pub const ENV_HTTP_STATEMENT_TIMEOUT: &str = "COMPARTMENT_AUDIT_HTTP_STATEMENT_TIMEOUT";
+/// `http.max_auth_failures`.
+pub const ENV_HTTP_MAX_AUTH_FAILURES: &str = "COMPARTMENT_AUDIT_HTTP_MAX_AUTH_FAILURES";
+/// `http.max_in_flight_requests`.
+pub const ENV_HTTP_MAX_IN_FLIGHT_REQUESTS: &str = "COMPARTMENT_AUDIT_HTTP_MAX_IN_FLIGHT_REQUESTS";
 /// `log.level`.
 pub const ENV_LOG_LEVEL: &str = "COMPARTMENT_AUDIT_LOG_LEVEL";
 /// `log.format`.
@@ -144,6 +152,7 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_DATABASE_CONNECT_TIMEOUT, "database.connect_timeout"),
     env(ENV_DATABASE_POOL_IDLE_TIMEOUT, "database.pool_idle_timeout"),
     env(ENV_DATABASE_KEEPALIVE_IDLE, "database.keepalive_idle"),
+    env(ENV_DATABASE_API_POOL_SIZE, "database.api_pool_size"),
     env(ENV_FILE_SINK_ENABLED, "file_sink.enabled"),
     env(ENV_FILE_SINK_DIR, "file_sink.dir"),
     env(ENV_FILE_SINK_ROTATE_INTERVAL, "file_sink.rotate_interval"),
@@ -185,6 +194,12 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(
         ENV_HTTP_MAX_CONCURRENT_EXPORTS,
         "http.max_concurrent_exports",
+    ),
+    env(ENV_HTTP_STATEMENT_TIMEOUT, "http.statement_timeout"),
+    env(ENV_HTTP_MAX_AUTH_FAILURES, "http.max_auth_failures"),
+    env(
+        ENV_HTTP_MAX_IN_FLIGHT_REQUESTS,
+        "http.max_in_flight_requests",
     ),
     env(ENV_LOG_LEVEL, "log.level"),
     env(ENV_LOG_FORMAT, "log.format"),
@@ -255,6 +270,9 @@ pub struct DatabaseSettings {
     pub pool_idle_timeout: Duration,
     /// TCP keepalive idle time, so a half-open connection is noticed in seconds, not hours.
     pub keepalive_idle: Duration,
+    /// Connections of the `/v1` API's own pool: the API never takes one of the shared
+    /// pool's (the mirror's, retention's and `/readyz`'s).
+    pub api_pool_size: usize,
 }
 
 /// File sink settings.
@@ -331,6 +349,13 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Exports streamed at the same time at most.
     pub max_concurrent_exports: usize,
+    /// `statement_timeout` of the API's database sessions.
+    pub statement_timeout: Duration,
+    /// Failed authentications per client address and minute (burst and refill rate)
+    /// before further `/v1` requests from it get `429`.
+    pub max_auth_failures: u32,
+    /// `/v1` requests handled at once at most; more get `503`.
+    pub max_in_flight_requests: usize,
 }
 
 /// Logging settings.
@@ -681,6 +706,7 @@ impl Settings {
                 connect_timeout: Duration::from_secs(5),
                 pool_idle_timeout: Duration::from_secs(600),
                 keepalive_idle: Duration::from_secs(30),
+                api_pool_size: 4,
             },
             file_sink: FileSinkSettings {
                 enabled: false,
@@ -717,6 +743,9 @@ impl Settings {
                 max_query_bytes: 4 * 1024,
                 request_timeout: Duration::from_secs(30),
                 max_concurrent_exports: 4,
+                statement_timeout: Duration::from_secs(30),
+                max_auth_failures: 30,
+                max_in_flight_requests: 64,
             },
             log: LogSettings {
                 level: "info".into(),
@@ -939,6 +968,7 @@ struct RawDatabase {
     connect_timeout: RawValue,
     pool_idle_timeout: RawValue,
     keepalive_idle: RawValue,
+    api_pool_size: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -986,6 +1016,9 @@ struct RawHttp {
     max_query_bytes: RawValue,
     request_timeout: RawValue,
     max_concurrent_exports: RawValue,
+    statement_timeout: RawValue,
+    max_auth_failures: RawValue,
+    max_in_flight_requests: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1104,6 +1137,7 @@ impl Reader<'_> {
             duration(secs(1), hours(24)));
         read!(self, "database", db, keepalive_idle => s.database.keepalive_idle,
             duration(secs(1), hours(2)));
+        read!(self, "database", db, api_pool_size => s.database.api_pool_size, count(1, 1024));
         s.database.url = url.ok_or_else(|| ConfigError::Missing {
             key: "database.url".into(),
             hint: format!(
@@ -1170,6 +1204,12 @@ impl Reader<'_> {
             duration(secs(1), hours(1)));
         read!(self, "http", h, max_concurrent_exports => s.http.max_concurrent_exports,
             count(1, 1024));
+        read!(self, "http", h, statement_timeout => s.http.statement_timeout,
+            duration(ms(100), hours(1)));
+        read!(self, "http", h, max_auth_failures => s.http.max_auth_failures,
+            count(1, 1_000_000));
+        read!(self, "http", h, max_in_flight_requests => s.http.max_in_flight_requests,
+            count(1, 100_000));
         if s.http.max_query_bytes > s.http.max_header_bytes {
             let raw = h.max_query_bytes.as_ref();
             return Err(self.invalid(

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::db;
+use crate::db::api_session::ApiPool;
 use crate::db::backoff::Backoff;
 use crate::db::listener::{self, ListenerOptions};
 use crate::health::Health;
@@ -141,10 +142,19 @@ pub async fn run_with_reloads(
         shutdown.clone(),
     ));
 
+    // The API's own connections: however many requests arrive, and however slow,
+    // they never wait for or take one of `pool`'s (the mirror's, retention's and the
+    // readiness check's).
+    let api_pool = ApiPool::new(&settings.database, settings.http.statement_timeout).await?;
+    tasks.spawn(db::close_idle_connections(
+        api_pool.pool().clone(),
+        settings.database.pool_idle_timeout,
+        shutdown.clone(),
+    ));
     let state = Arc::new(AppState {
         health: health.clone(),
         http: settings.http.clone(),
-        api: Api::new(pool.clone(), sanitizer, &settings.http),
+        api: Api::new(api_pool, sanitizer, &settings.http),
     });
     let http_shutdown = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));

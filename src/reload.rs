@@ -166,6 +166,7 @@ pub fn merge(
         database.connect_timeout => "database.connect_timeout",
         database.pool_idle_timeout => "database.pool_idle_timeout",
         database.keepalive_idle => "database.keepalive_idle",
+        database.api_pool_size => "database.api_pool_size",
         file_sink.enabled => "file_sink.enabled",
         file_sink.dir => "file_sink.dir",
         file_sink.sink_id => "file_sink.id",
@@ -179,6 +180,9 @@ pub fn merge(
         http.max_query_bytes => "http.max_query_bytes",
         http.request_timeout => "http.request_timeout",
         http.max_concurrent_exports => "http.max_concurrent_exports",
+        http.statement_timeout => "http.statement_timeout",
+        http.max_auth_failures => "http.max_auth_failures",
+        http.max_in_flight_requests => "http.max_in_flight_requests",
         log.format => "log.format",
     );
     merged.warnings = new.warnings;

@@ -32,6 +32,7 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                 ("connect_timeout", duration(s.database.connect_timeout)),
                 ("pool_idle_timeout", duration(s.database.pool_idle_timeout)),
                 ("keepalive_idle", duration(s.database.keepalive_idle)),
+                ("api_pool_size", s.database.api_pool_size.to_string()),
             ],
         ),
         (
@@ -93,6 +94,12 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                 (
                     "max_concurrent_exports",
                     s.http.max_concurrent_exports.to_string(),
+                ),
+                ("statement_timeout", duration(s.http.statement_timeout)),
+                ("max_auth_failures", s.http.max_auth_failures.to_string()),
+                (
+                    "max_in_flight_requests",
+                    s.http.max_in_flight_requests.to_string(),
                 ),
             ],
         ),

@@ -910,8 +910,19 @@ pub async fn token_lookup(pool: &Pool, token: &str) -> Result<Option<TokenInfo>,
     if !token.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
-    let hash = hash_token(token);
     let client = pool.get().await?;
+    token_lookup_on(&**client, token).await
+}
+
+/// [`token_lookup`] on a connection the caller already holds (the API's session).
+pub async fn token_lookup_on(
+    client: &impl tokio_postgres::GenericClient,
+    token: &str,
+) -> Result<Option<TokenInfo>, DbError> {
+    if !token.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let hash = hash_token(token);
     let row = client
         .query_opt(
             &format!(
@@ -967,6 +978,16 @@ pub async fn user_has_permission(
     permission: &str,
 ) -> Result<bool, DbError> {
     let client = pool.get().await?;
+    user_has_permission_on(&**client, user_id, org_slug, permission).await
+}
+
+/// [`user_has_permission`] on a connection the caller already holds.
+pub async fn user_has_permission_on(
+    client: &impl tokio_postgres::GenericClient,
+    user_id: Uuid,
+    org_slug: &str,
+    permission: &str,
+) -> Result<bool, DbError> {
     let row = client
         .query_one(
             "SELECT EXISTS (

@@ -5,6 +5,8 @@
 //!   from; [`pg_config`] is the one place that turns [`DatabaseSettings`] into a
 //!   connection configuration, so the mirror's dedicated `LISTEN` connection (which
 //!   must not come from the pool) connects exactly like the pool does.
+//! - [`api_session`] is the `/v1` API's own pool (built by [`pool`] with its own size),
+//!   with `statement_timeout` on its sessions and abandoned queries cancelled.
 //! - [`migrate`] applies the reference schema's versioned migrations.
 //! - [`query`] holds the filtered reads of the list and the export.
 //! - [`json`] reads `json`/`jsonb` columns with a bound on nesting, so one deeply
@@ -19,6 +21,7 @@
 //! clear error rather than failing later during the handshake.
 
 pub mod admin;
+pub mod api_session;
 pub mod backoff;
 pub mod cursor;
 pub mod json;

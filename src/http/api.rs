@@ -10,15 +10,23 @@
 //!
 //! 1. route (`404`) and method (`405`, only `GET`);
 //! 2. query string length, `http.max_query_bytes` (`414 query_too_long`);
-//! 3. bearer token (`401 unauthorized`) and permission (`403 forbidden`, also for an
+//! 3. requests in flight, `http.max_in_flight_requests` (`503 overloaded`), and failed
+//!    authentications of the client's address, `http.max_auth_failures`
+//!    (`429 too_many_auth_failures`, see [`crate::http::auth_limit`]), both with
+//!    `Retry-After` and before any database work;
+//! 4. bearer token (`401 unauthorized`) and permission (`403 forbidden`, also for an
 //!    organization that does not exist), see [`crate::http::auth`];
-//! 4. parameters (`400 invalid_parameter`, naming the parameter);
-//! 5. export only: `http.max_concurrent_exports` (`429 too_many_exports`), then the
+//! 5. parameters (`400 invalid_parameter`, naming the parameter);
+//! 6. export only: `http.max_concurrent_exports` (`429 too_many_exports`), then the
 //!    row cap `http.export_max_rows` (`422 audit_export_too_large`), decided on a
 //!    count before a single byte of the export is sent.
 //!
-//! An export runs in its own task, which holds one of the export permits, a pooled
-//! connection and the snapshot transaction, and feeds the response body through a
+//! Database work runs on the API's own pool ([`ApiPool`]), one session per request, so
+//! the API can never take the mirror's connections; a request that is abandoned
+//! mid-way (timeout, client gone) has its query cancelled on the server.
+//!
+//! An export runs in its own task, which holds one of the export permits, the
+//! request's session and the snapshot transaction, and feeds the response body through a
 //! small channel (so memory is bounded by a few chunks, whatever the export's size).
 //! It must finish within `http.request_timeout` of the request's arrival; otherwise,
 //! or if the database fails mid-way, the connection is cut before the end of the body
@@ -33,20 +41,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use deadpool_postgres::Pool;
 use http_body_util::BodyExt as _;
 use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use std::net::IpAddr;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::HttpSettings;
+use crate::db::api_session::{ApiPool, ApiSession};
 use crate::db::query::{self, OrgRef};
-use crate::db::DbError;
 use crate::export::{self, Export, ExportActor, ExportError, ExportFormat, ListPage};
 use crate::filters::{ExportParams, Filters, ListParams, ParamError};
 use crate::http::auth::{self, AuthError, Caller};
+use crate::http::auth_limit::AuthLimiter;
 use crate::http::response::{self, Body, BodyError};
 use crate::sanitize::Sanitizer;
 use crate::telemetry::api as telemetry;
@@ -58,6 +67,13 @@ const BUFFERED_CHUNKS: usize = 2;
 /// Seconds a client refused for the concurrent export limit is told to wait.
 const BUSY_RETRY_AFTER_SECS: &str = "5";
 
+/// Seconds a client refused for the in-flight request limit is told to wait.
+const OVERLOADED_RETRY_AFTER_SECS: &str = "1";
+
+/// The address a request came from, put into its extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// `actor_type` of exports made over HTTP.
 pub const EXPORT_ACTOR_TYPE: &str = "api_token";
 
@@ -65,8 +81,12 @@ pub const EXPORT_ACTOR_TYPE: &str = "api_token";
 /// the request limits.
 #[derive(Debug)]
 pub struct Api {
-    /// Shared with the rest of the daemon.
-    pool: Pool,
+    /// The API's own connections, never the mirror's.
+    pool: ApiPool,
+    /// One permit per `/v1` request handled at a time (`http.max_in_flight_requests`).
+    in_flight: Arc<Semaphore>,
+    /// Failed authentications per client address (`http.max_auth_failures`).
+    auth_limit: AuthLimiter,
     /// The same sanitizer as the file sink, so no surface shows more than the sink.
     sanitizer: Sanitizer,
     /// One permit per export streamed at a time (`http.max_concurrent_exports`).
@@ -77,9 +97,11 @@ pub struct Api {
 
 impl Api {
     /// The API over `pool`, sanitizing with `sanitizer`, bounded by `settings`.
-    pub fn new(pool: Pool, sanitizer: Sanitizer, settings: &HttpSettings) -> Api {
+    pub fn new(pool: ApiPool, sanitizer: Sanitizer, settings: &HttpSettings) -> Api {
         Api {
             pool,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight_requests.max(1))),
+            auth_limit: AuthLimiter::new(settings.max_auth_failures),
             sanitizer,
             exports: Arc::new(Semaphore::new(settings.max_concurrent_exports.max(1))),
             settings: settings.clone(),
@@ -124,6 +146,10 @@ fn parse_path(path: &str) -> Option<(&str, Endpoint)> {
 pub async fn handle<B>(api: &Api, request: Request<B>) -> Response<Body> {
     // The export must end within the request timeout counted from here.
     let deadline = Instant::now() + api.settings.request_timeout;
+    let client = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.0);
     let (parts, _body) = request.into_parts();
     let Some((org, endpoint)) = parse_path(parts.uri.path()) else {
         telemetry::request("other", 404);
@@ -149,23 +175,109 @@ pub async fn handle<B>(api: &Api, request: Request<B>) -> Response<Body> {
             ),
         )
     } else {
-        let query = parts.uri.query().unwrap_or("");
-        match authorized(api, &parts.headers, org).await {
-            Err(err) => err.into_response(),
-            Ok(caller) => match endpoint {
-                Endpoint::Events => list(api, org, query).await,
-                Endpoint::Export => export(api, org, query, caller, deadline).await,
-            },
-        }
+        let request = ApiRequest {
+            org,
+            endpoint,
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            client,
+            deadline,
+        };
+        answer(api, request).await
     };
     telemetry::request(endpoint.label(), response.status().as_u16());
     no_store(response)
 }
 
-async fn authorized(api: &Api, headers: &hyper::HeaderMap, org: &str) -> Result<Caller, AuthError> {
-    let caller = auth::authenticate(&api.pool, headers).await?;
-    auth::authorize(&api.pool, &caller, org).await?;
+/// A `/v1` request that passed the route, method and query length checks.
+struct ApiRequest<'a> {
+    org: &'a str,
+    endpoint: Endpoint,
+    query: &'a str,
+    headers: &'a hyper::HeaderMap,
+    client: IpAddr,
+    deadline: Instant,
+}
+
+/// The limits, then authentication and the endpoint, on one session of the API pool.
+async fn answer(api: &Api, request: ApiRequest<'_>) -> Response<Body> {
+    let Ok(in_flight) = api.in_flight.clone().try_acquire_owned() else {
+        telemetry::overloaded();
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &format!(
+                "{} API requests are already being handled; try again shortly",
+                api.settings.max_in_flight_requests
+            ),
+            OVERLOADED_RETRY_AFTER_SECS,
+        );
+    };
+    if let Err(wait) = api
+        .auth_limit
+        .check(request.client, std::time::Instant::now())
+    {
+        telemetry::rate_limited(request.client);
+        return retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_auth_failures",
+            "too many requests from this address failed to authenticate; try again later",
+            &wait.as_secs().to_string(),
+        );
+    }
+    let refused = |err: AuthError| {
+        if err.is_unauthenticated() {
+            api.auth_limit
+                .charge(request.client, std::time::Instant::now());
+        }
+        err.into_response()
+    };
+    let token = match auth::bearer_token(request.headers) {
+        Ok(token) => token,
+        Err(err) => return refused(err),
+    };
+    let session = match api.pool.get().await {
+        Ok(session) => session,
+        Err(err) => return auth::database_error(&err),
+    };
+    let caller = match authorized(&session, token, request.org).await {
+        Ok(caller) => caller,
+        Err(err) => {
+            session.release();
+            return refused(err);
+        }
+    };
+    match request.endpoint {
+        Endpoint::Events => {
+            let response = list(api, &session, request.org, request.query).await;
+            session.release();
+            response
+        }
+        Endpoint::Export => {
+            let export = ExportRequest {
+                org: request.org,
+                query: request.query,
+                caller,
+                deadline: request.deadline,
+            };
+            self::export(api, session, in_flight, export).await
+        }
+    }
+}
+
+async fn authorized(session: &ApiSession, token: &str, org: &str) -> Result<Caller, AuthError> {
+    let caller = auth::authenticate(session.client(), token).await?;
+    auth::authorize(session.client(), &caller, org).await?;
     Ok(caller)
+}
+
+/// A refusal the client may retry after `retry_after` seconds.
+fn retry_later(status: StatusCode, code: &str, message: &str, retry_after: &str) -> Response<Body> {
+    let mut response = response::error(status, code, message);
+    if let Ok(value) = HeaderValue::from_str(retry_after) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// Audit data must not linger in shared caches, and must not be sniffed into HTML.
@@ -203,12 +315,12 @@ fn internal_error(route: &'static str, err: &ExportError) -> Response<Body> {
     )
 }
 
-async fn list(api: &Api, org: &str, query: &str) -> Response<Body> {
+async fn list(api: &Api, session: &ApiSession, org: &str, query: &str) -> Response<Body> {
     let params = match ListParams::from_query(query) {
         Ok(params) => params,
         Err(err) => return invalid_parameter(&err),
     };
-    match list_page(api, org, &params).await {
+    match list_page(api, session, org, &params).await {
         Ok(Some(page)) => response::json(StatusCode::OK, &page),
         Ok(None) => forbidden(),
         Err(ExportError::Db(err)) => auth::database_error(&err),
@@ -219,21 +331,21 @@ async fn list(api: &Api, org: &str, query: &str) -> Response<Body> {
 /// One page, sanitized; `None` if the organization does not exist.
 async fn list_page(
     api: &Api,
+    session: &ApiSession,
     org: &str,
     params: &ListParams,
 ) -> Result<Option<ListPage>, ExportError> {
-    let client = api.pool.get().await.map_err(DbError::from)?;
-    let Some(org) = query::organization(&**client, org).await? else {
+    let client = session.client();
+    let Some(org) = query::organization(client, org).await? else {
         return Ok(None);
     };
     Ok(Some(
-        export::list_page(&**client, &org, params, &api.sanitizer).await?,
+        export::list_page(client, &org, params, &api.sanitizer).await?,
     ))
 }
 
 /// Everything an export task needs, owned.
 struct ExportJob {
-    pool: Pool,
     sanitizer: Sanitizer,
     org: String,
     filters: Filters,
@@ -243,13 +355,26 @@ struct ExportJob {
     deadline: Instant,
 }
 
-async fn export(
-    api: &Api,
-    org: &str,
-    query: &str,
+/// An authorized export request.
+struct ExportRequest<'a> {
+    org: &'a str,
+    query: &'a str,
     caller: Caller,
     deadline: Instant,
+}
+
+async fn export(
+    api: &Api,
+    session: ApiSession,
+    in_flight: OwnedSemaphorePermit,
+    request: ExportRequest<'_>,
 ) -> Response<Body> {
+    let ExportRequest {
+        org,
+        query,
+        caller,
+        deadline,
+    } = request;
     let params = match ExportParams::from_query(query) {
         Ok(params) => params,
         Err(err) => return invalid_parameter(&err),
@@ -257,22 +382,18 @@ async fn export(
     let format = params.format;
     let Ok(permit) = api.exports.clone().try_acquire_owned() else {
         telemetry::export_busy(format.as_str());
-        let mut response = response::error(
+        session.release();
+        return retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_exports",
             &format!(
                 "{} exports are already running; try again shortly",
                 api.settings.max_concurrent_exports
             ),
+            BUSY_RETRY_AFTER_SECS,
         );
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(BUSY_RETRY_AFTER_SECS),
-        );
-        return response;
     };
     let job = ExportJob {
-        pool: api.pool.clone(),
         sanitizer: api.sanitizer.clone(),
         org: org.to_owned(),
         filters: params.filters,
@@ -287,7 +408,8 @@ async fn export(
     };
     let (started_tx, started_rx) = oneshot::channel();
     let (chunks_tx, chunks_rx) = mpsc::channel(BUFFERED_CHUNKS);
-    tokio::spawn(run_export(job, permit, started_tx, chunks_tx));
+    let permits = (permit, in_flight);
+    tokio::spawn(run_export(job, session, permits, started_tx, chunks_tx));
     match started_rx.await {
         Ok(Ok(total)) => {
             let body = ExportBody {
@@ -392,19 +514,32 @@ enum Outcome {
 }
 
 /// The export task: start (reporting the count or the refusal on `started`), stream,
-/// wait for the body to drain, record, end the body.
+/// wait for the body to drain, record, end the body. `permits` (the export's and the
+/// request's) are held until it ends.
 async fn run_export(
     job: ExportJob,
-    permit: OwnedSemaphorePermit,
+    mut session: ApiSession,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     started: oneshot::Sender<Result<u64, ExportError>>,
     chunks: mpsc::Sender<Message>,
 ) {
-    let _permit = permit;
+    let _permits = permits;
     let _in_flight = telemetry::ExportInFlight::start();
     let began = Instant::now();
     let format = job.format.as_str();
     let mut started = Some(started);
-    let outcome = tokio::time::timeout_at(job.deadline, stream(&job, &mut started, &chunks)).await;
+    let outcome = tokio::time::timeout_at(
+        job.deadline,
+        stream(&job, &mut session, &mut started, &chunks),
+    )
+    .await;
+    match &outcome {
+        // Its statements ended (the snapshot's rollback is queued first if it did
+        // not complete): the session can serve another request.
+        Ok(_) => session.release(),
+        // Out of time with a statement possibly running: cancel it, close it.
+        Err(_) => drop(session),
+    }
     match outcome {
         Ok(Ok(Outcome::Completed { event_id, events })) => telemetry::export_completed(
             &job.org,
@@ -439,17 +574,17 @@ async fn run_export(
 
 async fn stream(
     job: &ExportJob,
+    session: &mut ApiSession,
     started: &mut Option<oneshot::Sender<Result<u64, ExportError>>>,
     chunks: &mpsc::Sender<Message>,
 ) -> Result<Outcome, ExportError> {
-    let mut client = job.pool.get().await.map_err(DbError::from)?;
-    let org: OrgRef = query::organization(&**client, &job.org)
+    let org: OrgRef = query::organization(session.client(), &job.org)
         .await?
         .ok_or_else(|| ExportError::UnknownOrganization {
             slug: job.org.clone(),
         })?;
     let mut export = Export::start(
-        &mut client,
+        session,
         &org,
         &job.filters,
         job.format,

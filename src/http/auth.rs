@@ -1,13 +1,13 @@
 //! Access control of the `/v1` API.
 //!
 //! 1. [`authenticate`]: exactly one `Authorization: Bearer <token>` header; the token
-//!    is looked up by its SHA-256 ([`admin::token_lookup`], which refuses revoked and
+//!    is looked up by its SHA-256 ([`admin::token_lookup_on`], which refuses revoked and
 //!    expired tokens by the database's clock), and the stored hash is compared with
 //!    ours in constant time before the token counts. Anything else is `401` with
 //!    `WWW-Authenticate: Bearer`.
 //! 2. [`authorize`]: the token's user must hold `organization.audit.read` in the
 //!    organization of the URL through a role assignment
-//!    ([`admin::user_has_permission`]). Otherwise `403` — the same answer, word for
+//!    ([`admin::user_has_permission_on`]). Otherwise `403` — the same answer, word for
 //!    word, whether the organization exists or not, so the API cannot be used to
 //!    probe for organization names.
 //!
@@ -68,6 +68,15 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Whether the request failed to authenticate (a `401`), which counts against its
+    /// address's failure limit; a `403` or a database failure does not.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Missing | AuthError::Malformed | AuthError::Invalid
+        )
+    }
+
     /// The response, with the metric and log line of the refusal.
     pub fn into_response(self) -> Response<Body> {
         let unauthorized = |reason, challenge: &'static str, message: &str| {
@@ -108,10 +117,20 @@ impl AuthError {
     }
 }
 
-/// `503` for a database that cannot be reached, `500` for anything else; the detail
+/// `503` for a database that cannot be reached or a query that ran out of time
+/// (`timeout`), `500` for anything else; the detail
 /// goes to the log (database errors never carry row values), not to the client.
 pub fn database_error(err: &DbError) -> Response<Body> {
     match err {
+        // `http.statement_timeout` ended the query (or a cancel did).
+        _ if err.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            telemetry::request_failed("v1", err);
+            response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long",
+            )
+        }
         DbError::Connect(_) | DbError::Pool(_) => {
             telemetry::request_failed("v1", err);
             response::error(
@@ -131,8 +150,9 @@ pub fn database_error(err: &DbError) -> Response<Body> {
     }
 }
 
-/// The bearer token of `headers`, without looking it up.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+/// The bearer token of `headers`, without looking it up. A token far longer than a
+/// real one is refused here too, without hashing or a query.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(AuthError::Missing)?;
     if values.next().is_some() {
@@ -144,19 +164,18 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
         return Err(AuthError::Malformed);
     }
-    Ok(token)
-}
-
-/// Finds the live token of the request's `Authorization` header.
-pub async fn authenticate(
-    pool: &deadpool_postgres::Pool,
-    headers: &HeaderMap,
-) -> Result<Caller, AuthError> {
-    let token = bearer_token(headers)?;
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::Invalid);
     }
-    let info = admin::token_lookup(pool, token)
+    Ok(token)
+}
+
+/// Finds the live token `token` (from [`bearer_token`]).
+pub async fn authenticate(
+    client: &impl tokio_postgres::GenericClient,
+    token: &str,
+) -> Result<Caller, AuthError> {
+    let info = admin::token_lookup_on(client, token)
         .await?
         .ok_or(AuthError::Invalid)?;
     // The row was found through an index on the hash; comparing the hashes again in
@@ -174,11 +193,13 @@ pub async fn authenticate(
 
 /// Checks that `caller` may read the audit log of the organization `org_slug`.
 pub async fn authorize(
-    pool: &deadpool_postgres::Pool,
+    client: &impl tokio_postgres::GenericClient,
     caller: &Caller,
     org_slug: &str,
 ) -> Result<(), AuthError> {
-    if admin::user_has_permission(pool, caller.user_id, org_slug, PERMISSION_AUDIT_READ).await? {
+    if admin::user_has_permission_on(client, caller.user_id, org_slug, PERMISSION_AUDIT_READ)
+        .await?
+    {
         Ok(())
     } else {
         Err(AuthError::Forbidden {

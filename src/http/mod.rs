@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod auth_limit;
 pub mod response;
 pub mod routes;
 pub mod server;

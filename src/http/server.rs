@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpSettings;
 use crate::health::Health;
-use crate::http::api::Api;
+use crate::http::api::{Api, ClientAddr};
 use crate::http::response;
 use crate::http::routes;
 use crate::http::stall::WriteDeadline;
@@ -48,7 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
                 Err(_) => break,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -61,8 +61,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             },
         };
         let service_state = state.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
+        let service = service_fn(move |mut request: Request<Incoming>| {
             let state = service_state.clone();
+            request.extensions_mut().insert(ClientAddr(peer.ip()));
             async move {
                 let answer =
                     tokio::time::timeout(request_timeout, routes::route(&state, request)).await;

@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use uuid::Uuid;
 
 use super::{register, PREFIX};
@@ -79,8 +79,31 @@ static EXPORTS_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
     ))
 });
 
+static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "api_requests_shed_total",
+            "/v1 requests refused before any database work: rate_limited (too many failed authentications from the address, 429), overloaded (http.max_in_flight_requests reached, 503).",
+        )
+        .namespace(PREFIX),
+        &["reason"],
+    ))
+});
+
+static QUERIES_CANCELLED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::with_opts(
+        Opts::new(
+            "api_queries_cancelled_total",
+            "API database sessions abandoned mid-request (timeout, client gone): their query was cancelled and the connection closed.",
+        )
+        .namespace(PREFIX),
+    ))
+});
+
 /// Forces registration so the families show on `/metrics` from the start.
 pub fn init() {
+    LazyLock::force(&SHED);
+    LazyLock::force(&QUERIES_CANCELLED);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&AUTH_FAILURES);
     LazyLock::force(&EXPORTS);
@@ -131,6 +154,24 @@ pub fn auth_refused(reason: AuthFailure, token_id: Option<Uuid>) {
         ),
         None => tracing::debug!(reason = reason.label(), "Refused an audit API request"),
     }
+}
+
+/// A request from `client` refused because it failed authentication too often.
+pub fn rate_limited(client: std::net::IpAddr) {
+    SHED.with_label_values(&["rate_limited"]).inc();
+    tracing::info!(%client, "Refused an audit API request: too many failed authentications from this address");
+}
+
+/// A request refused because `http.max_in_flight_requests` are being handled.
+pub fn overloaded() {
+    SHED.with_label_values(&["overloaded"]).inc();
+    tracing::debug!("Refused an audit API request: too many requests in flight");
+}
+
+/// An abandoned API session's query was cancelled and its connection closed.
+pub fn query_cancelled() {
+    QUERIES_CANCELLED.inc();
+    tracing::debug!("Cancelled the query of an abandoned API request");
 }
 
 /// A `/v1` request failed on our side (database, worker); `error` never holds values.
