@@ -6,11 +6,17 @@
 //! `EnvFilter` directive (`info`, `info,compartment_auditd=debug`) taken from
 //! `log.level` / `COMPARTMENT_AUDIT_LOG_LEVEL` only, so one setting decides it; it can
 //! be changed at run time with [`set_level`] (configuration reload), the format cannot.
+//!
+//! Whatever the level, the database driver and its pool are heard only at `warn` and
+//! `error` ([`quiet_drivers`]): at `debug` and `trace`, `tokio_postgres` logs every
+//! statement with its parameters (users' e-mail addresses, token hashes, audit
+//! metadata), which must never reach a log.
 
 use std::io::IsTerminal as _;
 use std::sync::OnceLock;
 
-use tracing::Subscriber;
+use tracing::{Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{filter_fn, FilterFn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
@@ -47,6 +53,7 @@ pub fn init(settings: &LogSettings) -> bool {
     let (filter, handle) = reload::Layer::new(filter(&settings.level));
     let installed = tracing_subscriber::registry()
         .with(filter)
+        .with(quiet_drivers())
         .with(format_layer(
             settings.format,
             std::io::stderr,
@@ -85,7 +92,33 @@ where
 {
     tracing_subscriber::registry()
         .with(filter(&settings.level))
+        .with(quiet_drivers())
         .with(format_layer(settings.format, writer, false))
+}
+
+/// Log targets of the database driver and the pool (through the `log` bridge and
+/// `tracing`), whose verbose events quote statements and their parameters.
+const DRIVER_TARGETS: &[&str] = &[
+    "tokio_postgres",
+    "postgres_protocol",
+    "postgres_types",
+    "deadpool",
+];
+
+/// Whether an event is one of the driver's above `warn`: dropped at every level.
+fn is_quiet_driver_event(metadata: &Metadata<'_>) -> bool {
+    *metadata.level() > Level::WARN
+        && DRIVER_TARGETS.iter().any(|target| {
+            metadata.target().strip_prefix(target).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with("::") || rest.starts_with('.')
+            })
+        })
+}
+
+/// A global filter, beside the configured level, that no `log.level` can widen: the
+/// driver's and the pool's `info`, `debug` and `trace` events never get through.
+fn quiet_drivers() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    filter_fn(|metadata| !is_quiet_driver_event(metadata))
 }
 
 /// The filter for a level. The level was validated when the settings were loaded; a
