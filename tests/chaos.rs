@@ -50,7 +50,7 @@ async fn a_batch_split_by_a_rotation_when_the_disk_fills_is_written_once() {
     let tmpfs = match support::tmpfs::Tmpfs::mount(&dir.path().join("mnt"), 4 * 1024 * 1024) {
         Ok(tmpfs) => tmpfs,
         Err(why) => {
-            println!("SKIPPED: cannot mount a small tmpfs ({why})");
+            support::capability::missing("a small tmpfs for the full-disk test", &why);
             return;
         }
     };

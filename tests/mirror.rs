@@ -366,7 +366,10 @@ async fn readyz_names_each_failing_check_and_metrics_pass_promtool() {
             String::from_utf8_lossy(&output.stderr)
         );
     } else {
-        eprintln!("SKIPPED promtool check: promtool is not installed (scripts/test installs it)");
+        support::capability::missing(
+            "the promtool check",
+            "promtool is not installed (scripts/test installs it)",
+        );
     }
 }
 
@@ -513,7 +516,7 @@ impl FullDiskFixture {
         let fs = match Tmpfs::mount(&dir.path().join("mnt"), size_bytes) {
             Ok(fs) => fs,
             Err(why) => {
-                eprintln!("SKIPPED: cannot mount a tmpfs here ({why})");
+                support::capability::missing("a tmpfs for the full-disk test", &why);
                 return None;
             }
         };

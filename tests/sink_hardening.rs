@@ -244,7 +244,10 @@ fn a_symlink_where_the_sink_expects_its_file_is_refused_not_followed() {
 #[test]
 fn a_directory_owned_by_another_user_is_refused() {
     if !rustix::process::geteuid().is_root() {
-        println!("SKIPPED: needs root to chown a directory to another user");
+        sink_support::capability::missing(
+            "the foreign-owner test",
+            "needs root to chown a directory to another user",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -355,4 +358,53 @@ fn writes_go_to_the_opened_directory_even_if_its_path_is_swapped() {
     put(&mut sink, &line(3));
     assert!(names(&decoy).is_empty(), "the sink followed the new path");
     assert_eq!(ids(&everything(&moved)), [1, 2, 3]);
+}
+
+/// Under `CI=true` a test whose capability is missing fails instead of passing as
+/// skipped: the foreign-owner test above, run again as `nobody` (so without root),
+/// fails with `CI=true` and says `SKIPPED` and passes without it.
+#[test]
+fn a_missing_capability_fails_under_ci_and_is_skipped_elsewhere() {
+    if !rustix::process::geteuid().is_root() {
+        sink_support::capability::missing(
+            "the CI capability check",
+            "needs root to run a test as another user",
+        );
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    for ci in ["true", ""] {
+        let output = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "a_directory_owned_by_another_user_is_refused",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CI", ci)
+            .env("TMPDIR", "/tmp")
+            .output()
+            .expect("runuser runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            text.contains("1 passed") || text.contains("1 failed"),
+            "CI={ci:?}: the test did not run: {text}"
+        );
+        if ci == "true" {
+            assert!(
+                !output.status.success(),
+                "CI=true passed a skipped test: {text}"
+            );
+            assert!(text.contains("CI=true and"), "{text}");
+        } else {
+            assert!(output.status.success(), "{text}");
+            assert!(text.contains("SKIPPED"), "{text}");
+        }
+    }
 }

@@ -13,6 +13,9 @@ use compartment_auditd::config::FsyncPolicy;
 use compartment_auditd::sink::{Clock, FileSink, ManualClock, Recovery, SinkOptions};
 use flate2::read::MultiGzDecoder;
 
+#[path = "../support/capability.rs"]
+pub mod capability;
+
 /// Set in a re-executed test binary: the test runs its child half.
 pub const CHILD_ENV: &str = "COMPARTMENT_SINK_TEST_CHILD";
 

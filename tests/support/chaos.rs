@@ -22,7 +22,8 @@
 //! | `retention_run` | `compartment-auditd retention run` (when the build has it; the daemon's own cron runs every minute too) |
 //!
 //! A kind the machine cannot do (no tmpfs without root, no `retention run` in this
-//! build) is skipped with the reason in the summary.
+//! build) is skipped with the reason in the summary; under `CI=true` the run fails
+//! instead (see [`super::capability`]).
 //!
 //! # The oracle
 //!
@@ -388,7 +389,10 @@ pub async fn run(options: ChaosOptions) -> ChaosReport {
     let tmpfs = match Tmpfs::mount(&artifacts.path().join("mnt"), options.tmpfs_size) {
         Ok(tmpfs) => Some(Arc::new(tmpfs)),
         Err(why) => {
-            println!("chaos: SKIPPED disk_full faults: cannot mount a tmpfs ({why})");
+            super::capability::missing(
+                "chaos: disk_full faults",
+                &format!("cannot mount a tmpfs ({why})"),
+            );
             tally.skip(FaultKind::DiskFull, format!("no tmpfs: {why}"));
             None
         }
@@ -398,7 +402,7 @@ pub async fn run(options: ChaosOptions) -> ChaosReport {
         None => artifacts.path().join("sink"),
     };
     if let Err(why) = retention_available() {
-        println!("chaos: SKIPPED retention_run faults: {why}");
+        super::capability::missing("chaos: retention_run faults", &why);
         tally.skip(FaultKind::RetentionTwoSessions, why.clone());
         tally.skip(FaultKind::RetentionRun, why);
     }

@@ -3,6 +3,7 @@
 //! process, a minimal HTTP client, and a reader for everything in a sink directory.
 #![allow(dead_code)]
 
+pub mod capability;
 pub mod chaos;
 pub mod fsync_fault;
 pub mod tmpfs;
