@@ -257,7 +257,10 @@ impl MirrorStart {
     /// until an operator fixes the directory and restarts it).
     async fn wait_for_sink(&self, shutdown: &CancellationToken) -> Option<(FileSink, Recovery)> {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.settings.mirror.max_backoff);
-        service::ready("Waiting for the sink directory to become writable");
+        // Not READY: the service is not up while it cannot write what it is for.
+        // READY follows the catch-up once the sink opens ([`notify_ready`]); until
+        // then this waits within systemd's start timeout.
+        service::status("Waiting for the sink directory to become writable");
         loop {
             let delay = backoff.next_delay();
             tracing::warn!(

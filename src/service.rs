@@ -1,7 +1,8 @@
 //! The service manager protocol (`sd_notify`): what systemd hears from the daemon.
 //!
 //! - `READY=1` once the daemon serves HTTP and the mirror has caught up (with the sink
-//!   disabled: once it serves HTTP). While a long catch-up is making progress the
+//!   disabled: once it serves HTTP); never while the sink directory cannot be opened
+//!   for writing (a full or read-only disk at start-up), which shows as `STATUS=`. While a long catch-up is making progress the
 //!   start timeout is extended (`EXTEND_TIMEOUT_USEC`), so a backfill of millions of
 //!   events is not mistaken for a hung start.
 //! - `WATCHDOG=1` every half watchdog period, but only while every progress-beat check

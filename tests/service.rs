@@ -184,3 +184,69 @@ async fn ready_without_the_sink_once_serving() {
         "a disabled sink must not create its directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ready_while_the_sink_cannot_be_written_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = match support::tmpfs::Tmpfs::mount(&dir.path().join("mnt"), 256 * 1024) {
+        Ok(fs) => fs,
+        Err(why) => {
+            support::capability::missing("a tmpfs for the full-disk start-up test", &why);
+            return;
+        }
+    };
+    let db = common::TestDb::new().await;
+    let sink = fs.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let config = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning");
+    // A first run writes a few events; a crash then leaves a torn last line, which
+    // start-up recovery must write aside, and the disk fills while the daemon is down.
+    let first = config.spawn();
+    writers::execute(
+        db.url(),
+        &format!(
+            "INSERT INTO audit_events (organization_id, event_type, actor_type, actor_id) \
+             SELECT '{org}', 'organization.user.invited', 'user', 'usr_' || g FROM generate_series(1, 10) g"
+        ),
+    )
+    .await;
+    assert!(support::wait_for_lines(&sink, 10, Duration::from_secs(60)).await);
+    first.kill();
+    let mut active = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sink.join("audit.ndjson"))
+        .unwrap();
+    std::io::Write::write_all(&mut active, b"{\"id\":999999,\"event_type\":\"torn").unwrap();
+    drop(active);
+    fs.fill().unwrap();
+
+    let notify = NotifySocket::bind();
+    let daemon = config
+        .with("NOTIFY_SOCKET", notify.path.to_str().unwrap())
+        .spawn();
+    let body = daemon
+        .wait_not_ready(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("no readiness answer: {}", daemon.log_text()));
+    assert!(body.contains("No space left"), "{body}");
+    // Several retries while full, and not one READY.
+    let while_full = notify.drain(Duration::from_secs(4));
+    assert!(
+        !while_full
+            .iter()
+            .any(|(_, m)| m.lines().any(|l| l == "READY=1")),
+        "READY=1 while the sink cannot be written: {while_full:?}"
+    );
+    assert!(
+        while_full.iter().any(|(_, m)| m.contains("STATUS=")),
+        "no status line says why it waits: {while_full:?}"
+    );
+
+    // Space again: READY, once the sink has opened and caught up.
+    fs.free().unwrap();
+    notify
+        .wait_for("READY=1", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no READY=1 after freeing space: {}", daemon.log_text()));
+    assert_eq!(read_sink_ids(&sink).len(), 10);
+}
