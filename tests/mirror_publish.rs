@@ -106,3 +106,49 @@ async fn a_trickle_of_commits_publishes_about_once_a_second_and_the_last_positio
         "{during} publishes for {TRICKLE} single-event batches in {elapsed:?} (at most {allowed} expected)"
     );
 }
+
+/// `sink status` reads the positions published to the database, not the sink
+/// directory, and its help says so (it used to promise "the position on disk").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_status_shows_the_published_positions_as_its_help_says() {
+    let (code, help, _) = common::run_cli(
+        "postgres://unused@127.0.0.1/x",
+        &["sink", "status", "--help"],
+    );
+    assert!(code.success());
+    assert!(help.contains("published to the database"), "{help}");
+    assert!(!help.contains("on disk"), "{help}");
+    assert!(help.contains("does not read the sink directory"), "{help}");
+
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink");
+    let org = writers::create_org(db.url(), "acme-dev").await;
+    let daemon = DaemonConfig::new(db.url(), &sink, dir.path())
+        .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
+        .with("COMPARTMENT_AUDIT_FILE_SINK_ID", "eu-1")
+        .spawn();
+    let id: i64 = db
+        .connect()
+        .await
+        .query_one(
+            "INSERT INTO audit_events (organization_id, event_type, actor_type, actor_id) \
+             VALUES ($1, 'organization.user.invited', 'user', 'usr_1') RETURNING id",
+            &[&org],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(support::wait_for_lines(&sink, 1, Duration::from_secs(30)).await);
+    assert!(daemon.terminate().success());
+    // The directory is gone: what status prints can only come from the database.
+    std::fs::remove_dir_all(&sink).unwrap();
+    let (code, out, err) = common::run_cli(db.url(), &["sink", "status"]);
+    assert!(code.success(), "{err}");
+    assert!(out.contains("database system identifier:"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("sink \"eu-1\":") && l.contains(&format!("event id {id},"))),
+        "{out}"
+    );
+}

@@ -11,7 +11,9 @@ use crate::daemon;
 /// `sink …`
 #[derive(Debug, Subcommand)]
 pub enum SinkCommand {
-    /// Show the sink's position on disk and the one published to the database.
+    /// Show every sink position published to the database (sink id, transaction,
+    /// event id, when) and the database cluster's identity. It does not read the sink
+    /// directory: the position in the sink's own state file is the daemon's to keep.
     Status,
     /// Start the sink's position afresh (after the database was replaced or restored).
     Rebaseline(RebaselineArgs),
