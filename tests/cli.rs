@@ -1,5 +1,6 @@
 //! The command line itself: version, help for every subcommand, completions and the
-//! man page generated from the CLI definition. None of these needs a database.
+//! man page generated from the CLI definition. None of these needs a database. Also
+//! that the binary depends on nothing its source does not use.
 
 use std::process::Command;
 
@@ -88,4 +89,46 @@ fn the_man_page_is_roff_listing_the_commands() {
     for command in ["run", "migrate", "export", "retention", "sink"] {
         assert!(page.contains(command), "the man page lists {command}");
     }
+}
+
+/// Every `[dependencies]` crate of Cargo.toml is named somewhere in `src/`: an unused
+/// one is build time, supply chain and audit surface for nothing.
+#[test]
+fn every_dependency_is_used_by_the_source() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: toml::Table = std::fs::read_to_string(root.join("Cargo.toml"))
+        .expect("reading Cargo.toml")
+        .parse()
+        .expect("Cargo.toml is TOML");
+    let mut source = String::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading src/") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(&path).expect("reading a source file"));
+            }
+        }
+    }
+    let dependencies = manifest["dependencies"]
+        .as_table()
+        .expect("a [dependencies] table");
+    let unused: Vec<&String> = dependencies
+        .keys()
+        .filter(|name| {
+            let name = name.replace('-', "_");
+            !source.match_indices(&name).any(|(at, _)| {
+                let before = source[..at].chars().next_back();
+                let after = source[at + name.len()..].chars().next();
+                let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                !ident(before) && !ident(after)
+            })
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "dependencies no source file uses: {unused:?}"
+    );
 }
