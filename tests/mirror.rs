@@ -154,7 +154,39 @@ async fn database_restart_and_terminated_backends_lose_nothing() {
         "not ready: {}",
         daemon.log_text()
     );
-    let writers = Writers::start(&url, org, 4, Shapes::default());
+    // An audit insert cannot be prepared (the doorbell notifies), so two-phase
+    // commit reaches the mirror as a held horizon: a transaction prepared when the
+    // server goes down stays prepared across the restart until its writer commits it.
+    {
+        let mut client = common::connect(&url).await;
+        let tx = client.transaction().await.unwrap();
+        tx.execute(
+            "INSERT INTO audit_events (organization_id, event_type, actor_type, actor_id) \
+             VALUES ($1, 'organization.user.invited', 'user', 'usr_2pc')",
+            &[&org],
+        )
+        .await
+        .unwrap();
+        let err = tx
+            .batch_execute("PREPARE TRANSACTION 'audit_insert'")
+            .await
+            .expect_err("an audit insert cannot be prepared");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+            "{err:?}"
+        );
+    }
+    let writers = Writers::start(
+        &url,
+        org,
+        4,
+        Shapes {
+            two_phase: 0.2,
+            copy: 0.2,
+            ..Shapes::default()
+        },
+    );
 
     // The listener's backend (and every other daemon backend) killed under it.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -197,7 +229,9 @@ async fn database_restart_and_terminated_backends_lose_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    writers.stop().await;
+    let stats = writers.stop().await;
+    assert!(stats.two_phase.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(stats.copies.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert_sink_matches_table(&url, &sink).await;
 }
 

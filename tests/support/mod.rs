@@ -120,7 +120,8 @@ impl PrivatePostgres {
 
     fn start_server(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100 \
+             -c max_prepared_transactions=32",
             self.port,
             self.dir.path().display()
         );

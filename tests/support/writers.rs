@@ -1,9 +1,27 @@
-//! Concurrent writers with varied transaction shapes, like Compartment's API under load.
+//! Concurrent writers with varied transaction shapes, like Compartment's API under load:
+//! single rows, bulk statements, savepoints, rollbacks, transactions held open, `COPY`
+//! and two-phase commit (`PREPARE TRANSACTION` … `COMMIT PREPARED`).
+//!
+//! A transaction that inserts audit events cannot be prepared: the reference schema's
+//! doorbell trigger runs `pg_notify`, and PostgreSQL refuses to `PREPARE` a transaction
+//! that notified. What two-phase commit does to the mirror is hold the horizon: a
+//! prepared transaction keeps its transaction id (below later audit rows) without a
+//! session in `pg_stat_activity`, across disconnects and server restarts, until it is
+//! committed. So the two-phase writers prepare a transaction on a side table
+//! ([`prepared_transaction`]) while the others commit audit events.
+//!
+//! The `COPY` and two-phase helpers ([`copy_events`], [`prepared_transaction`],
+//! [`resolve_prepared`]) are shared with the chaos writers. Two-phase commit needs
+//! `max_prepared_transactions > 0`, which [`super::PrivatePostgres`] sets and a stock
+//! server does not: [`require_two_phase`] stops a test that asks for it elsewhere with a
+//! clear message. Every writer commits the prepared transactions it left behind
+//! whenever it (re)connects, and [`Writers::stop`] once more at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::SinkExt as _;
 use rand::Rng;
 use tokio_postgres::NoTls;
 
@@ -16,6 +34,10 @@ pub struct WriterStats {
     pub rollbacks: AtomicU64,
     /// Transactions that were held open while others committed.
     pub held_open: AtomicU64,
+    /// Side transactions committed with `PREPARE TRANSACTION` … `COMMIT PREPARED`.
+    pub two_phase: AtomicU64,
+    /// Transactions whose rows were inserted with `COPY … FROM STDIN`.
+    pub copies: AtomicU64,
     /// Connection errors survived (database restarts, terminated backends).
     pub errors: AtomicU64,
     /// Committed transactions in commit order: (smallest id, largest id).
@@ -41,6 +63,7 @@ impl WriterStats {
 
 /// Background writers; stop them with [`Writers::stop`].
 pub struct Writers {
+    url: String,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What they did.
@@ -62,6 +85,12 @@ pub struct Shapes {
     pub max_bulk_rows: u32,
     /// Pause between transactions.
     pub pause: Duration,
+    /// Probability that a transaction inserts with `COPY` instead of `INSERT`.
+    pub copy: f64,
+    /// Probability that a writer's next transaction is a prepared one on the side
+    /// table, held up to `max_hold` (needs `max_prepared_transactions > 0`; see
+    /// [`require_two_phase`]).
+    pub two_phase: f64,
 }
 
 impl Default for Shapes {
@@ -73,6 +102,9 @@ impl Default for Shapes {
             bulk: 0.1,
             max_bulk_rows: 50,
             pause: Duration::from_millis(5),
+            copy: 0.05,
+            // Off by default: a stock server has max_prepared_transactions = 0.
+            two_phase: 0.0,
         }
     }
 }
@@ -90,18 +122,40 @@ impl Writers {
                 tokio::spawn(async move { writer(w, url, org_id, shapes, stop, stats).await })
             })
             .collect();
-        Writers { stop, tasks, stats }
+        Writers {
+            url: url.to_string(),
+            stop,
+            tasks,
+            stats,
+        }
     }
 
-    /// Stops the writers and waits for them.
+    /// Stops the writers and waits for them; a writer that panicked (a test asking
+    /// for two-phase commit from a server without it) fails the caller. Prepared
+    /// transactions a writer could not end (its connection broke) are committed.
     pub async fn stop(self) -> Arc<WriterStats> {
         self.stop.store(true, Ordering::SeqCst);
         for task in self.tasks {
-            let _ = task.await;
+            if let Err(err) = task.await {
+                if err.is_panic() {
+                    std::panic::resume_unwind(err.into_panic());
+                }
+            }
         }
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connecting to end the writers' prepared transactions");
+        let driver = tokio::spawn(connection);
+        resolve_prepared(&client, WRITER_GID_PREFIX)
+            .await
+            .expect("ending the writers' prepared transactions");
+        driver.abort();
         self.stats
     }
 }
+
+/// Prefix of the two-phase transaction ids of [`Writers`].
+const WRITER_GID_PREFIX: &str = "writer_";
 
 async fn writer(
     w: usize,
@@ -118,8 +172,27 @@ async fn writer(
             continue;
         };
         let driver = tokio::spawn(connection);
+        if shapes.two_phase > 0.0 {
+            require_two_phase(&client).await;
+            if create_prepared_table(&client).await.is_err() {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                driver.abort();
+                continue;
+            }
+        }
+        // What an earlier connection of this writer prepared and could not end.
+        if resolve_prepared(&client, &format!("{WRITER_GID_PREFIX}{w}_"))
+            .await
+            .is_err()
+        {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            driver.abort();
+            continue;
+        }
+        let mut seq = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            if one_transaction(w, &mut client, org_id, &shapes, &stats)
+            seq += 1;
+            if one_transaction(w, seq, &mut client, org_id, &shapes, &stats)
                 .await
                 .is_err()
             {
@@ -134,12 +207,13 @@ async fn writer(
 
 async fn one_transaction(
     w: usize,
+    seq: u64,
     client: &mut tokio_postgres::Client,
     org_id: uuid::Uuid,
     shapes: &Shapes,
     stats: &WriterStats,
 ) -> Result<(), tokio_postgres::Error> {
-    let (hold, rollback, rows, savepoint) = {
+    let (hold, rollback, rows, savepoint, copy, two_phase) = {
         let mut rng = rand::rng();
         let hold = rng.random_bool(shapes.hold_open).then(|| {
             Duration::from_millis(rng.random_range(50..=shapes.max_hold.as_millis().max(51) as u64))
@@ -154,10 +228,23 @@ async fn one_transaction(
             rng.random_bool(shapes.rollback),
             rows as i32,
             rng.random_bool(0.1),
+            rng.random_bool(shapes.copy),
+            rng.random_bool(shapes.two_phase),
         )
     };
+    if two_phase {
+        let gid = format!("{WRITER_GID_PREFIX}{w}_{seq}");
+        prepared_transaction(client, &gid, hold.unwrap_or(shapes.max_hold)).await?;
+        stats.two_phase.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
     let mut tx = client.transaction().await?;
-    let ids = insert(&tx, org_id, w, rows).await?;
+    let ids = if copy {
+        stats.copies.fetch_add(1, Ordering::Relaxed);
+        copy_insert(&tx, org_id, w, seq, rows).await?
+    } else {
+        insert(&tx, org_id, w, rows).await?
+    };
     if savepoint {
         // Rows inserted after a savepoint that is rolled back never commit.
         let sp = tx.savepoint("sp").await?;
@@ -203,6 +290,197 @@ async fn insert(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The same rows as [`insert`], through `COPY`; their ids are read back by their
+/// `target_id`s (unique per writer and transaction).
+async fn copy_insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    org_id: uuid::Uuid,
+    w: usize,
+    seq: u64,
+    rows: i32,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let targets: Vec<String> = (1..=rows).map(|g| format!("cp_{w}_{seq}_{g}")).collect();
+    let now = chrono::Utc::now();
+    let events: Vec<CopyEvent> = targets
+        .iter()
+        .map(|target| CopyEvent {
+            organization_id: org_id,
+            occurred_at: now,
+            actor_id: format!("usr_writer_{w}"),
+            target_id: target.clone(),
+            metadata: serde_json::json!({
+                "group_id": target, "group_name": "writers, \"copied\"\n",
+                "changed_fields": ["name"], "password": "never-in-sink",
+            }),
+        })
+        .collect();
+    copy_events(tx, &events).await?;
+    let rows = tx
+        .query(
+            "SELECT id FROM audit_events WHERE target_id = ANY($1) ORDER BY id",
+            &[&targets],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// One `organization.group.updated` row for [`copy_events`].
+#[derive(Debug, Clone)]
+pub struct CopyEvent {
+    /// Its organization.
+    pub organization_id: uuid::Uuid,
+    /// `occurred_at`.
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    /// `actor_id` (actor type `user`, e-mail `writer@example.com`).
+    pub actor_id: String,
+    /// `target_id` (target type `group`).
+    pub target_id: String,
+    /// `metadata`.
+    pub metadata: serde_json::Value,
+}
+
+/// Inserts `events` with one `COPY audit_events … FROM STDIN (FORMAT csv)` in `tx`;
+/// returns the rows copied.
+pub async fn copy_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[CopyEvent],
+) -> Result<u64, tokio_postgres::Error> {
+    fn field(out: &mut String, value: &str) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    }
+    let mut data = String::new();
+    for event in events {
+        for (n, value) in [
+            event.organization_id.to_string(),
+            event.occurred_at.to_rfc3339(),
+            "organization.group.updated".to_owned(),
+            "user".to_owned(),
+            event.actor_id.clone(),
+            "writer@example.com".to_owned(),
+            "group".to_owned(),
+            event.target_id.clone(),
+            event.metadata.to_string(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if n > 0 {
+                data.push(',');
+            }
+            field(&mut data, value);
+        }
+        data.push('\n');
+    }
+    let sink = tx
+        .copy_in(
+            "COPY audit_events (organization_id, occurred_at, event_type, actor_type, actor_id, \
+                                actor_email, target_type, target_id, metadata) \
+             FROM STDIN (FORMAT csv)",
+        )
+        .await?;
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from(data)).await?;
+    sink.as_mut().finish().await
+}
+
+/// The side table of [`prepared_transaction`].
+pub const PREPARED_TABLE: &str = "writer_prepared";
+
+/// Creates [`PREPARED_TABLE`] if it is missing (several writers may race to it).
+pub async fn create_prepared_table(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::error::SqlState;
+    match client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {PREPARED_TABLE} \
+             (id bigserial PRIMARY KEY, gid text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        ))
+        .await
+    {
+        Err(err)
+            if err.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                || err.code() == Some(&SqlState::DUPLICATE_TABLE) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// A two-phase transaction on [`PREPARED_TABLE`] (which [`create_prepared_table`]
+/// made): a row (which takes a transaction id), `PREPARE TRANSACTION gid`, `hold`
+/// while prepared (the horizon stays below it meanwhile), `COMMIT PREPARED gid`. An
+/// error after the `PREPARE` leaves it to [`resolve_prepared`].
+pub async fn prepared_transaction(
+    client: &mut tokio_postgres::Client,
+    gid: &str,
+    hold: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        &format!("INSERT INTO {PREPARED_TABLE} (gid) VALUES ($1)"),
+        &[&gid],
+    )
+    .await?;
+    tx.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+        .await?;
+    // The session is outside any transaction now; dropping `tx` only sends a
+    // ROLLBACK that the server answers with a warning.
+    drop(tx);
+    tokio::time::sleep(hold).await;
+    client
+        .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+}
+
+/// Commits every prepared transaction of this database whose id starts with
+/// `prefix` (left behind by a broken connection); returns how many.
+pub async fn resolve_prepared(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+) -> Result<usize, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT gid FROM pg_prepared_xacts \
+             WHERE database = current_database() AND starts_with(gid, $1)",
+            &[&prefix],
+        )
+        .await?;
+    for row in &rows {
+        let gid: String = row.get(0);
+        // Another writer (or the driver) may have ended it meanwhile.
+        if let Err(err) = client
+            .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+            .await
+        {
+            if err.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(rows.len())
+}
+
+/// Panics, saying what to do, unless the server allows prepared transactions.
+pub async fn require_two_phase(client: &tokio_postgres::Client) {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_prepared_transactions')::int",
+            &[],
+        )
+        .await
+        .expect("reading max_prepared_transactions");
+    let max: i32 = row.get(0);
+    assert!(
+        max > 0,
+        "two-phase commit writers need max_prepared_transactions > 0 (this server has {max}); \
+         use support::PrivatePostgres, which sets it, or set it on the server and restart it"
+    );
 }
 
 /// Every id in `audit_events`: after the writers stop, exactly the committed rows.
