@@ -377,7 +377,10 @@ async fn export(
     } = request;
     let params = match ExportParams::from_query(query) {
         Ok(params) => params,
-        Err(err) => return invalid_parameter(&err),
+        Err(err) => {
+            session.release();
+            return invalid_parameter(&err);
+        }
     };
     let format = params.format;
     let Ok(permit) = api.exports.clone().try_acquire_owned() else {
