@@ -515,6 +515,15 @@ async fn scenario(
         return Figures::default();
     }
 
+    // The side table of the two-phase writers (audit inserts cannot be prepared).
+    match connect(&url).await {
+        Ok(client) => {
+            if let Err(err) = super::writers::create_prepared_table(&client).await {
+                problems.push(format!("cannot create the two-phase side table: {err}"));
+            }
+        }
+        Err(err) => problems.push(format!("cannot connect to set up: {err}")),
+    }
     let writers_stop = CancellationToken::new();
     let ledger = Arc::new(Ledger::default());
     let writer_tasks: Vec<_> = (0..options.writers)
@@ -633,6 +642,19 @@ async fn scenario(
     for task in writer_tasks {
         let _ = task.await;
     }
+    // Prepared transactions a writer could not end hold the horizon: end them.
+    match connect(&url).await {
+        Ok(client) => {
+            if let Err(err) = super::writers::resolve_prepared(&client, GID_PREFIX).await {
+                problems.push(format!(
+                    "cannot end the writers' prepared transactions: {err}"
+                ));
+            }
+        }
+        Err(err) => problems.push(format!(
+            "cannot connect to end prepared transactions: {err}"
+        )),
+    }
     let drain_started = Instant::now();
 
     // Drain: wait until the published position covers the last committed row.
@@ -677,7 +699,8 @@ async fn scenario(
     println!(
         "chaos: faults for {:.0}s, caught up {:.1}s after; published position never ahead of the files \
          ({resumes_checked} kills checked); writers: {} commits acknowledged, {} rolled back, \
-         {} savepoints rolled back, {} held open, {} bulk, {} outcome unknown, {} connection errors; \
+         {} savepoints rolled back, {} held open, {} bulk, {} copy, {} two-phase, {} outcome unknown, \
+         {} connection errors; \
          sink: {} files, {} torn tails cut at start-up, {} temp files left, {:.1} MiB",
         fault_phase.as_secs_f64(),
         drain.as_secs_f64(),
@@ -686,6 +709,8 @@ async fn scenario(
         ledger.savepoints.load(Ordering::Relaxed),
         ledger.held_open.load(Ordering::Relaxed),
         ledger.bulk.load(Ordering::Relaxed),
+        ledger.copies.load(Ordering::Relaxed),
+        ledger.two_phase.load(Ordering::Relaxed),
         ledger.unknown.load(Ordering::Relaxed),
         ledger.errors.load(Ordering::Relaxed),
         inspection.files,
@@ -810,6 +835,8 @@ struct Ledger {
     savepoints: AtomicU64,
     held_open: AtomicU64,
     bulk: AtomicU64,
+    copies: AtomicU64,
+    two_phase: AtomicU64,
     unknown: AtomicU64,
     errors: AtomicU64,
 }
@@ -829,7 +856,16 @@ enum Shape {
     Rollback(i32),
     /// Rows kept, then rows after a savepoint that is rolled back, then more kept.
     Savepoint(i32, i32),
+    /// Rows inserted with `COPY … FROM STDIN`.
+    Copy(i32),
+    /// No audit row (a transaction that notified cannot be prepared): a prepared
+    /// transaction on the side table, held this long (the horizon with it), then
+    /// committed.
+    TwoPhase(Duration),
 }
+
+/// Prefix of the chaos writers' two-phase transaction ids.
+const GID_PREFIX: &str = "chaos_";
 
 fn choose_shape(rng: &mut StdRng) -> Shape {
     match rng.random_range(0..1000) {
@@ -840,7 +876,9 @@ fn choose_shape(rng: &mut StdRng) -> Shape {
             rng.random_range(1..=5),
             Duration::from_millis(rng.random_range(1_000..=4_000)),
         ),
-        760..880 => Shape::Rollback(rng.random_range(1..=50)),
+        760..860 => Shape::Rollback(rng.random_range(1..=50)),
+        860..900 => Shape::Copy(rng.random_range(1..=200)),
+        900..920 => Shape::TwoPhase(Duration::from_millis(rng.random_range(0..=1_500))),
         _ => Shape::Savepoint(rng.random_range(1..=5), rng.random_range(1..=5)),
     }
 }
@@ -874,6 +912,14 @@ async fn writer(
                 continue;
             }
         };
+        // What an earlier connection of this writer prepared and could not end.
+        if super::writers::resolve_prepared(&client, &format!("{GID_PREFIX}w{w}_"))
+            .await
+            .is_err()
+        {
+            ledger.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         while !stop.is_cancelled() {
             let shape = choose_shape(&mut rng);
             let org = orgs[rng.random_range(0..orgs.len())];
@@ -907,6 +953,13 @@ async fn one_transaction(
     shape: Shape,
     ledger: &Ledger,
 ) -> Result<(), tokio_postgres::Error> {
+    if let Shape::TwoPhase(hold) = shape {
+        *stmt_counter += 1;
+        let gid = format!("{GID_PREFIX}w{w}_{}", *stmt_counter);
+        super::writers::prepared_transaction(client, &gid, hold).await?;
+        ledger.two_phase.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
     let mut stmt = *stmt_counter;
     let mut kept: Vec<String> = Vec::new();
     let mut dropped: Vec<String> = Vec::new();
@@ -932,6 +985,11 @@ async fn one_transaction(
             Shape::Rollback(n) => {
                 dropped.extend(insert(&tx, &mut stmt, w, org, backdate, n).await?)
             }
+            Shape::Copy(n) => {
+                ledger.copies.fetch_add(1, Ordering::Relaxed);
+                kept.extend(copy(&tx, &mut stmt, w, org, backdate, n).await?);
+            }
+            Shape::TwoPhase(_) => unreachable!("handled above"),
             Shape::Savepoint(a, b) => {
                 kept.extend(insert(&tx, &mut stmt, w, org, backdate, a).await?);
                 let sp = tx.savepoint("chaos_sp").await?;
@@ -1009,6 +1067,36 @@ async fn insert(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Like [`insert`], through `COPY` (the writers' [`super::writers::copy_events`]).
+async fn copy(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmt: &mut u64,
+    w: usize,
+    org: Uuid,
+    backdate_days: f64,
+    n: i32,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    *stmt += 1;
+    let now = chrono::Utc::now();
+    let events: Vec<super::writers::CopyEvent> = (1..=n)
+        .map(|g| {
+            let back = backdate_days * rand::random::<f64>() * 86_400.0;
+            super::writers::CopyEvent {
+                organization_id: org,
+                occurred_at: now - chrono::Duration::milliseconds((back * 1000.0) as i64),
+                actor_id: format!("usr_chaos_{w}"),
+                target_id: format!("w{w}.{stmt}.{g}"),
+                metadata: serde_json::json!({
+                    "group_id": format!("grp_{g}"), "group_name": "chaos, \"copied\"",
+                    "changed_fields": ["name"], "password": PLANTED_SECRET,
+                }),
+            }
+        })
+        .collect();
+    super::writers::copy_events(tx, &events).await?;
+    Ok(events.into_iter().map(|e| e.target_id).collect())
 }
 
 // ---------------------------------------------------------------------------------
