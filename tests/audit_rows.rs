@@ -60,7 +60,10 @@ async fn an_insert_naming_tx_is_still_mirrored() {
         .await
         .expect("the INSERT is accepted");
     let (tx, own): (String, String) = (row.get(0), row.get(1));
-    assert_eq!(tx, own, "tx is the inserting transaction, not the one named");
+    assert_eq!(
+        tx, own,
+        "tx is the inserting transaction, not the one named"
+    );
     insert_n(db.url(), org, 1).await;
     expect_lines(&sink, 4, &daemon).await;
 }

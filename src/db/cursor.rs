@@ -147,23 +147,29 @@ impl<'a> FromSql<'a> for WireLen {
     }
 }
 
-/// How long the oldest committed row past `after` has been waiting behind the
-/// horizon (held back by an older transaction still open somewhere in the cluster),
-/// or `None` when nothing waits.
+/// How long the first committed row past `after` (in commit order) has been waiting
+/// behind the horizon (held back by an older transaction still open somewhere in the
+/// cluster), or `None` when nothing waits.
+///
+/// The mirror runs this every `mirror.horizon_poll_interval` for as long as the
+/// horizon is held back, so it must not grow with the backlog: one row, the first in
+/// `(tx, id)` order at or above the horizon, found through the cursor's index
+/// (`min(occurred_at)` over every waiting row read them all, every time).
 pub async fn horizon_wait(
     client: &ClientWrapper,
     after: Position,
 ) -> Result<Option<Duration>, DbError> {
     let rows = query_prepared(
         client,
-        "SELECT extract(epoch FROM clock_timestamp() - min(occurred_at))::float8 \
+        "SELECT extract(epoch FROM clock_timestamp() - occurred_at)::float8 \
          FROM audit_events \
          WHERE (tx, id) > ($1::text::xid8, $2) \
-           AND tx >= pg_snapshot_xmin(pg_current_snapshot())",
+           AND tx >= pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY tx, id \
+         LIMIT 1",
         &[&after.tx.to_string(), &after.id],
     )
     .await?;
-    // An aggregate without GROUP BY returns exactly one row.
     let Some(row) = rows.first() else {
         return Ok(None);
     };

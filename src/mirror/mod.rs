@@ -298,6 +298,8 @@ impl Mirror {
             start_line: recovery.last_line.clone(),
             syncing: None,
             unsynced: commit::Unsynced::default(),
+            held: None,
+            stall_reported: false,
         };
         let mut prefetched: Option<Batch> = None;
         while !shutdown.is_cancelled() {
@@ -620,6 +622,7 @@ impl Mirror {
             Err(_) => None,
         };
         telemetry::mirror::horizon_wait(wait);
+        self.watch_stall(state, wait.is_some());
         // Caught up: nothing readable is left and nothing waits behind an open
         // transaction — or something has waited so long (a long transaction elsewhere
         // in the cluster) that holding back readiness would help nobody.
@@ -662,6 +665,51 @@ impl Mirror {
             () = synced => {}
         }
         Ok(())
+    }
+
+    /// Marks the `mirror` check degraded (and says so in the log, once) while events
+    /// have waited behind the horizon for `mirror.horizon_stall_warning` without the
+    /// mirror moving; back to ok when nothing waits. Timed by the mirror's own clock
+    /// from its first idle turn that found events waiting at this position, so a
+    /// backdated `occurred_at` cannot fake a stall.
+    fn watch_stall(&self, state: &mut LoopState, waiting: bool) {
+        let stalled = if waiting {
+            let since = match state.held {
+                Some((since, at)) if at == state.appended => since,
+                _ => {
+                    let now = Instant::now();
+                    state.held = Some((now, state.appended));
+                    now
+                }
+            };
+            Some(since.elapsed())
+        } else {
+            state.held = None;
+            None
+        };
+        let limit = self.settings.horizon_stall_warning;
+        match stalled.filter(|s| !limit.is_zero() && *s >= limit) {
+            Some(stalled) => {
+                if !state.stall_reported {
+                    telemetry::mirror::horizon_stalled(stalled, state.appended);
+                    state.stall_reported = true;
+                }
+                self.health.set_degraded(
+                    CHECK_MIRROR,
+                    format!(
+                        "events have waited {}s behind an older open transaction in the cluster \
+                         (look in pg_stat_activity, and in pg_prepared_xacts for a prepared transaction)",
+                        stalled.as_secs()
+                    ),
+                );
+            }
+            None if state.stall_reported => {
+                telemetry::mirror::horizon_released();
+                state.stall_reported = false;
+                self.health.set_ok(CHECK_MIRROR);
+            }
+            None => {}
+        }
     }
 
     /// Fsyncs appended lines when the interval policy says so (or `force`). Returns
@@ -898,6 +946,10 @@ struct LoopState {
     syncing: Option<commit::Syncing>,
     /// Group commit: events appended since the running fsync started.
     unsynced: commit::Unsynced,
+    /// Events wait behind the horizon: since when (first seen at this position).
+    held: Option<(Instant, Position)>,
+    /// The stall past `mirror.horizon_stall_warning` was logged and marked degraded.
+    stall_reported: bool,
 }
 
 fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {

@@ -133,7 +133,16 @@ impl PrivatePostgres {
         let dir = private_dir();
         let data = dir.path().join("data");
         let output = as_postgres(&primary.bin.join("pg_basebackup"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R", "--no-sync"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+            ])
             .args(["-p", &primary.port.to_string(), "-D"])
             .arg(&data)
             .output()
