@@ -143,6 +143,8 @@ impl PrivatePostgres {
                 "-R",
                 "--no-sync",
             ])
+            // An immediate checkpoint: the default (spread) one can take minutes.
+            .args(["--checkpoint", "fast"])
             .args(["-p", &primary.port.to_string(), "-D"])
             .arg(&data)
             .output()
