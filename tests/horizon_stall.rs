@@ -56,7 +56,7 @@ async fn rows_read_by_horizon_wait(client: &deadpool_postgres::Object) -> (u64, 
         .unwrap()
         .get(0);
     client.batch_execute("ROLLBACK").await.unwrap();
-    (u64::try_from(read).unwrap(), wait.is_some())
+    (u64::try_from(read).unwrap(), wait.wait.is_some())
 }
 
 #[tokio::test]

@@ -176,6 +176,17 @@ pub fn horizon_stalled(stalled: Duration, position: crate::db::cursor::Position)
     );
 }
 
+/// The server changed timeline and has the last mirrored event: mirroring goes on.
+pub fn timeline_followed(from: u32, to: u32, position: crate::db::cursor::Position) {
+    tracing::warn!(
+        from,
+        to,
+        %position,
+        "The database server changed timeline (a failover or a point-in-time recovery); \
+         it has the last mirrored event, mirroring goes on"
+    );
+}
+
 /// The horizon passed the events that waited: the stall is over.
 pub fn horizon_released() {
     tracing::info!("The audit events that waited behind an open transaction can be mirrored again");
