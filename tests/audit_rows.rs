@@ -160,7 +160,7 @@ async fn a_data_only_dump_restored_into_a_mirrored_database_is_mirrored() {
     expect_lines(&sink, 2, &daemon).await;
 
     // pg_dump --data-only -t audit_events SOURCE | psql TARGET
-    let dump = Command::new("pg_dump")
+    let mut dump = Command::new("pg_dump")
         .args(["--data-only", "-t", "audit_events"])
         .arg(source.url())
         .stdout(Stdio::piped())
@@ -169,9 +169,13 @@ async fn a_data_only_dump_restored_into_a_mirrored_database_is_mirrored() {
     let restore = Command::new("psql")
         .args(["-qX", "-v", "ON_ERROR_STOP=1"])
         .arg(db.url())
-        .stdin(dump.stdout.expect("pg_dump's output"))
+        .stdin(dump.stdout.take().expect("pg_dump's output"))
         .output()
         .expect("psql runs");
+    assert!(
+        dump.wait().expect("pg_dump ends").success(),
+        "pg_dump failed"
+    );
     assert!(
         restore.status.success(),
         "restore failed: {}",
