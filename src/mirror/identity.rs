@@ -115,7 +115,11 @@ pub async fn confirm_timeline(
     from: u32,
     to: u32,
 ) -> Result<(), MirrorError> {
-    let lost = || MirrorError::TimelineChanged { from, to, position };
+    let lost = || MirrorError::TimelineChanged {
+        from,
+        to,
+        last_event: format!("id {}, tx {}", position.id, position.tx),
+    };
     if position == Position::BEGINNING {
         return Ok(());
     }

@@ -153,7 +153,7 @@ pub enum MirrorError {
     /// have the last mirrored event.
     #[error(
         "the database server changed timeline ({from} -> {to}: a failover or a point-in-time recovery) \
-         and does not have the last mirrored event {position}: transactions already mirrored were lost, \
+         and does not have the last mirrored event ({last_event}): transactions already mirrored were lost, \
          and the transaction ids they had can be given to new events, which would never be mirrored; \
          stop the daemon, keep the sink's files (they hold the lost events), then run \
          `compartment-auditd sink rebaseline`"
@@ -163,8 +163,8 @@ pub enum MirrorError {
         from: u32,
         /// The server's timeline now.
         to: u32,
-        /// The last position written to the sink.
-        position: Position,
+        /// The last event written to the sink (`id N`, with its `tx` when known).
+        last_event: String,
     },
     /// The last line in the sink names an event the database does not have.
     #[error(
@@ -526,7 +526,7 @@ impl Mirror {
                                     return Err(MirrorError::TimelineChanged {
                                         from,
                                         to: found.timeline,
-                                        position: Position { tx: 0, id },
+                                        last_event: format!("id {id}"),
                                     })
                                 }
                                 None => return Err(MirrorError::UnknownLastLine { id }),
