@@ -247,6 +247,12 @@ async fn build_template(url: &str, rows: i64, orgs: i64, fresh: i64, now: DateTi
 
 async fn unbounded(url: &str, cutoff: DateTime<Utc>) -> Trial {
     let client = connect(url).await;
+    // Audit rows are append-only (migration 0004); the owner may lift the guard for
+    // its own session, which is what an operator's one-off DELETE would do.
+    client
+        .batch_execute("SET compartment_audit.retention_delete = on")
+        .await
+        .expect("lifting the delete guard");
     let started = Instant::now();
     let rows = client
         .execute(

@@ -89,6 +89,8 @@ pub const ENV_MIRROR_BATCH_SIZE: &str = "COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE";
 pub const ENV_MIRROR_POLL_INTERVAL: &str = "COMPARTMENT_AUDIT_MIRROR_POLL_INTERVAL";
 /// `mirror.horizon_poll_interval`.
 pub const ENV_MIRROR_HORIZON_POLL_INTERVAL: &str = "COMPARTMENT_AUDIT_MIRROR_HORIZON_POLL_INTERVAL";
+/// `mirror.horizon_stall_warning`.
+pub const ENV_MIRROR_HORIZON_STALL_WARNING: &str = "COMPARTMENT_AUDIT_MIRROR_HORIZON_STALL_WARNING";
 /// `mirror.heartbeat_interval`.
 pub const ENV_MIRROR_HEARTBEAT_INTERVAL: &str = "COMPARTMENT_AUDIT_MIRROR_HEARTBEAT_INTERVAL";
 /// `mirror.max_backoff`.
@@ -169,6 +171,10 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(
         ENV_MIRROR_HORIZON_POLL_INTERVAL,
         "mirror.horizon_poll_interval",
+    ),
+    env(
+        ENV_MIRROR_HORIZON_STALL_WARNING,
+        "mirror.horizon_stall_warning",
     ),
     env(ENV_MIRROR_HEARTBEAT_INTERVAL, "mirror.heartbeat_interval"),
     env(ENV_MIRROR_MAX_BACKOFF, "mirror.max_backoff"),
@@ -313,6 +319,9 @@ pub struct MirrorSettings {
     pub poll_interval: Duration,
     /// Re-poll this often while rows wait behind an open transaction.
     pub horizon_poll_interval: Duration,
+    /// The `mirror` readiness check turns degraded once events have waited behind the
+    /// horizon this long without the mirror moving (zero: never).
+    pub horizon_stall_warning: Duration,
     /// Heartbeat on the listener connection, to detect a half-open socket.
     pub heartbeat_interval: Duration,
     /// Longest reconnect backoff.
@@ -725,6 +734,7 @@ impl Settings {
                 batch_size: 1000,
                 poll_interval: Duration::from_secs(5),
                 horizon_poll_interval: Duration::from_millis(100),
+                horizon_stall_warning: Duration::from_secs(300),
                 heartbeat_interval: Duration::from_secs(15),
                 max_backoff: Duration::from_secs(30),
             },
@@ -993,6 +1003,7 @@ struct RawMirror {
     batch_size: RawValue,
     poll_interval: RawValue,
     horizon_poll_interval: RawValue,
+    horizon_stall_warning: RawValue,
     heartbeat_interval: RawValue,
     max_backoff: RawValue,
 }
@@ -1176,6 +1187,8 @@ impl Reader<'_> {
             duration(ms(10), hours(1)));
         read!(self, "mirror", m, horizon_poll_interval => s.mirror.horizon_poll_interval,
             duration(ms(10), secs(60)));
+        read!(self, "mirror", m, horizon_stall_warning => s.mirror.horizon_stall_warning,
+            duration(Duration::ZERO, days(7)));
         read!(self, "mirror", m, heartbeat_interval => s.mirror.heartbeat_interval,
             duration(secs(1), hours(1)));
         read!(self, "mirror", m, max_backoff => s.mirror.max_backoff,

@@ -3,7 +3,9 @@
 //! `/readyz` is ready when every registered check passes. A check is either set
 //! explicitly (`set_ok` / `set_failing`), or kept alive by progress beats and turns
 //! failing by itself when no beat came within its `stale_after` — how a stuck loop is
-//! noticed without the loop's cooperation.
+//! noticed without the loop's cooperation. A check can also be `degraded`
+//! (`set_degraded`): still ready, but something an operator should look at (events
+//! held back by a transaction elsewhere), reported with its reason.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,6 +24,8 @@ pub struct Health {
 struct Check {
     /// `None` while passing, else why it fails.
     failure: Option<String>,
+    /// Passing, but degraded: why.
+    degraded: Option<String>,
     /// Last progress beat, for checks that go stale.
     last_beat: Option<Instant>,
     /// Fail when no beat came for this long.
@@ -31,7 +35,7 @@ struct Check {
 /// One check in a readiness report.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CheckReport {
-    /// `ok` or `failing`.
+    /// `ok`, `degraded` or `failing`.
     pub status: &'static str,
     /// Why it fails (absent when ok).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,16 +45,16 @@ pub struct CheckReport {
 /// The whole readiness answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`, `degraded` (ready, with a degraded check) or `not_ready`.
     pub status: &'static str,
     /// Every check by name.
     pub checks: BTreeMap<&'static str, CheckReport>,
 }
 
 impl Readiness {
-    /// True when every check passes.
+    /// True when every check passes (degraded ones included).
     pub fn is_ready(&self) -> bool {
-        self.status == "ready"
+        self.status != "not_ready"
     }
 }
 
@@ -67,6 +71,7 @@ impl Health {
                 name,
                 Check {
                     failure: Some(message.to_string()),
+                    degraded: None,
                     last_beat: None,
                     stale_after: None,
                 },
@@ -79,6 +84,7 @@ impl Health {
         self.with(|checks| {
             let check = checks.entry(name).or_insert(Check {
                 failure: None,
+                degraded: None,
                 last_beat: None,
                 stale_after: None,
             });
@@ -96,9 +102,24 @@ impl Health {
         });
     }
 
-    /// Marks `name` as passing.
+    /// Marks `name` as passing (and no longer degraded).
     pub fn set_ok(&self, name: &'static str) {
         self.set(name, None);
+    }
+
+    /// Marks `name` as passing but degraded, with a reason safe to show.
+    pub fn set_degraded(&self, name: &'static str, message: impl Into<String>) {
+        let message = message.into();
+        self.with(|checks| {
+            let check = checks.entry(name).or_insert(Check {
+                failure: None,
+                degraded: None,
+                last_beat: None,
+                stale_after: None,
+            });
+            check.failure = None;
+            check.degraded = Some(message);
+        });
     }
 
     /// Marks `name` as failing, with a reason safe to show (no secrets).
@@ -110,10 +131,12 @@ impl Health {
         self.with(|checks| {
             let check = checks.entry(name).or_insert(Check {
                 failure: None,
+                degraded: None,
                 last_beat: None,
                 stale_after: None,
             });
             check.failure = failure;
+            check.degraded = None;
         });
     }
 
@@ -146,9 +169,14 @@ impl Health {
                 .map(|(name, check)| (*name, check.report(now)))
                 .collect()
         });
-        let ready = checks.values().all(|c| c.status == "ok");
+        let ready = checks.values().all(|c| c.status != "failing");
+        let degraded = checks.values().any(|c| c.status == "degraded");
         Readiness {
-            status: if ready { "ready" } else { "not_ready" },
+            status: match (ready, degraded) {
+                (false, _) => "not_ready",
+                (true, true) => "degraded",
+                (true, false) => "ready",
+            },
             checks,
         }
     }
@@ -189,6 +217,12 @@ impl Check {
                 )),
             };
         }
+        if let Some(message) = &self.degraded {
+            return CheckReport {
+                status: "degraded",
+                message: Some(message.clone()),
+            };
+        }
         CheckReport {
             status: "ok",
             message: None,
@@ -217,6 +251,26 @@ mod tests {
         assert!(health.report().is_ready());
         health.set_failing("sink", "disk full");
         assert_eq!(health.report().checks["sink"].status, "failing");
+    }
+
+    #[test]
+    fn a_degraded_check_is_ready_but_says_why_and_failing_wins() {
+        let health = Health::new();
+        health.set_degraded("mirror", "held back");
+        let report = health.report();
+        assert!(report.is_ready());
+        assert_eq!(report.status, "degraded");
+        assert_eq!(report.checks["mirror"].status, "degraded");
+        assert_eq!(
+            report.checks["mirror"].message.as_deref(),
+            Some("held back")
+        );
+        health.set_failing("mirror", "halted");
+        assert!(!health.report().is_ready());
+        assert_eq!(health.report().checks["mirror"].status, "failing");
+        health.set_ok("mirror");
+        assert_eq!(health.report().status, "ready");
+        assert_eq!(health.report().checks["mirror"].status, "ok");
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub fn merge(
         mirror.batch_size => "mirror.batch_size",
         mirror.poll_interval => "mirror.poll_interval",
         mirror.horizon_poll_interval => "mirror.horizon_poll_interval",
+        mirror.horizon_stall_warning => "mirror.horizon_stall_warning",
         retention.days => "retention.days",
         retention.cleanup_batch_size => "retention.cleanup_batch_size",
         retention.cleanup_max_batches => "retention.cleanup_max_batches",

@@ -232,6 +232,15 @@ const CASES: &[Case] = &[
         get: |s| dbg(s.mirror.horizon_poll_interval),
     },
     Case {
+        var: "COMPARTMENT_AUDIT_MIRROR_HORIZON_STALL_WARNING",
+        key: "mirror.horizon_stall_warning",
+        file: r#""10m""#,
+        file_expect: "600s",
+        env: "0",
+        env_expect: "0ns",
+        get: |s| dbg(s.mirror.horizon_stall_warning),
+    },
+    Case {
         var: "COMPARTMENT_AUDIT_MIRROR_HEARTBEAT_INTERVAL",
         key: "mirror.heartbeat_interval",
         file: r#""30s""#,

@@ -131,7 +131,7 @@ async fn rows_committed_behind_an_open_transaction_wait_for_it() {
     let wait = cursor::horizon_wait(&client, Position::BEGINNING)
         .await
         .unwrap();
-    assert!(wait.is_some(), "the wait is visible");
+    assert!(wait.wait.is_some(), "the wait is visible");
 
     early_tx.commit().await.unwrap();
     // Other tests' open transactions in the same cluster may hold the horizon a while.

@@ -60,6 +60,10 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                     "horizon_poll_interval",
                     duration(s.mirror.horizon_poll_interval),
                 ),
+                (
+                    "horizon_stall_warning",
+                    duration(s.mirror.horizon_stall_warning),
+                ),
                 ("heartbeat_interval", duration(s.mirror.heartbeat_interval)),
                 ("max_backoff", duration(s.mirror.max_backoff)),
             ],

@@ -50,6 +50,9 @@ pub struct Batch {
     /// More rows are readable right now: the read stopped at its row limit or its
     /// byte budget, not at the end.
     pub more: bool,
+    /// The server's timeline when the rows were read ([`TIMELINE_SQL`]); `None` when
+    /// the read returned no row.
+    pub timeline: Option<u32>,
 }
 
 impl Batch {
@@ -59,8 +62,19 @@ impl Batch {
     }
 }
 
+/// The server's current timeline, as an SQL expression: the timeline WAL is written
+/// on, taken from the current WAL file's name (it changes the moment a standby is
+/// promoted), or on a server in recovery the last checkpoint's
+/// (`pg_control_checkpoint()`, which on a promoted standby changes only once the
+/// checkpoint after the promotion completes).
+pub const TIMELINE_SQL: &str = "CASE WHEN pg_is_in_recovery() \
+         THEN (SELECT timeline_id::bigint FROM pg_control_checkpoint()) \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
+
 /// Reads up to `limit` rows after `after`, only below the visibility horizon, in one
-/// statement (so horizon and rows share a snapshot).
+/// statement (so horizon and rows share a snapshot). Every row carries the server's
+/// timeline (computed once per statement), so rows read from a promoted standby are
+/// never written before the mirror has checked the failover.
 ///
 /// `max_bytes` bounds what one read pulls into memory: the rows stream in, and the read
 /// stops taking them once the metadata received (as sent, in bytes) reaches the
@@ -76,30 +90,38 @@ pub async fn read_batch(
 ) -> Result<Batch, DbError> {
     // No window function and no row count: either would make the server materialize
     // every row before sending the first (it doubled the server's work per batch).
-    const SQL: &str = "SELECT e.id, e.tx::text, e.occurred_at, e.organization_id, \
-                coalesce(o.slug, ''), e.event_type, e.actor_type, e.actor_id, \
-                e.actor_email, e.target_type, e.target_id, e.project_id, e.status, \
-                e.metadata \
-         FROM audit_events e \
-         LEFT JOIN organizations o ON o.id = e.organization_id \
-         WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
-           AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY e.tx, e.id \
-         LIMIT $3";
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT e.id, e.tx::text, e.occurred_at, e.organization_id, \
+                    coalesce(o.slug, ''), e.event_type, e.actor_type, e.actor_id, \
+                    e.actor_email, e.target_type, e.target_id, e.project_id, e.status, \
+                    e.metadata, (SELECT {TIMELINE_SQL}) \
+             FROM audit_events e \
+             LEFT JOIN organizations o ON o.id = e.organization_id \
+             WHERE (e.tx, e.id) > ($1::text::xid8, $2) \
+               AND e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY e.tx, e.id \
+             LIMIT $3"
+        )
+    });
     let tx = after.tx.to_string();
     let params: [&(dyn ToSql + Sync); 3] = [&tx, &after.id, &limit];
-    let rows = query_stream_prepared(client, SQL, &params).await?;
+    let rows = query_stream_prepared(client, &SQL, &params).await?;
     futures_util::pin_mut!(rows);
     let capacity = usize::try_from(limit).unwrap_or(usize::MAX).min(1024);
     let mut batch = Batch {
         events: Vec::with_capacity(capacity),
         positions: Vec::with_capacity(capacity),
         more: false,
+        timeline: None,
     };
     let mut bytes: i64 = 0;
     while let Some(row) = rows.try_next().await? {
         let id: i64 = row.try_get(0)?;
         let tx: &str = row.try_get(1)?;
+        if batch.timeline.is_none() {
+            batch.timeline = Some(timeline(row.try_get(14)?)?);
+        }
         batch.positions.push(Position {
             tx: parse_xid8(tx)?,
             id,
@@ -147,28 +169,51 @@ impl<'a> FromSql<'a> for WireLen {
     }
 }
 
-/// How long the oldest committed row past `after` has been waiting behind the
-/// horizon (held back by an older transaction still open somewhere in the cluster),
-/// or `None` when nothing waits.
-pub async fn horizon_wait(
-    client: &ClientWrapper,
-    after: Position,
-) -> Result<Option<Duration>, DbError> {
-    let rows = query_prepared(
-        client,
-        "SELECT extract(epoch FROM clock_timestamp() - min(occurred_at))::float8 \
-         FROM audit_events \
-         WHERE (tx, id) > ($1::text::xid8, $2) \
-           AND tx >= pg_snapshot_xmin(pg_current_snapshot())",
-        &[&after.tx.to_string(), &after.id],
-    )
-    .await?;
-    // An aggregate without GROUP BY returns exactly one row.
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
+/// What the mirror's idle turn learns in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HorizonWait {
+    /// How long the first committed row past the position (in commit order) has been
+    /// waiting behind the horizon (held back by an older transaction still open
+    /// somewhere in the cluster), or `None` when nothing waits.
+    pub wait: Option<Duration>,
+    /// The server's timeline ([`TIMELINE_SQL`]).
+    pub timeline: u32,
+}
+
+/// See [`HorizonWait`].
+///
+/// The mirror runs this every `mirror.horizon_poll_interval` for as long as the
+/// horizon is held back, so it must not grow with the backlog: one row, the first in
+/// `(tx, id)` order at or above the horizon, found through the cursor's index
+/// (`min(occurred_at)` over every waiting row read them all, every time).
+pub async fn horizon_wait(client: &ClientWrapper, after: Position) -> Result<HorizonWait, DbError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT (SELECT extract(epoch FROM clock_timestamp() - occurred_at)::float8 \
+                     FROM audit_events \
+                     WHERE (tx, id) > ($1::text::xid8, $2) \
+                       AND tx >= pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY tx, id \
+                     LIMIT 1), \
+                    {TIMELINE_SQL}"
+        )
+    });
+    let rows = query_prepared(client, &SQL, &[&after.tx.to_string(), &after.id]).await?;
+    // A SELECT without FROM returns exactly one row.
+    let row = rows.first().ok_or_else(|| DbError::Data {
+        reason: "the horizon query returned no row".into(),
+    })?;
     let seconds: Option<f64> = row.try_get(0)?;
-    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    Ok(HorizonWait {
+        wait: seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        timeline: timeline(row.try_get(1)?)?,
+    })
+}
+
+fn timeline(value: i64) -> Result<u32, DbError> {
+    u32::try_from(value).map_err(|_| DbError::Data {
+        reason: format!("not a timeline: {value}"),
+    })
 }
 
 /// Runs one of the mirror's per-wake-up queries as a statement prepared once per

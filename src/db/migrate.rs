@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "retention_state",
         sql: include_str!("../../migrations/0003_retention_state.sql"),
     },
+    Migration {
+        version: 4,
+        name: "audit_rows_immutable",
+        sql: include_str!("../../migrations/0004_audit_rows_immutable.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migrations across processes ("cad-migr" in ASCII,

@@ -62,7 +62,8 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
     }
     let pool = db::pool(&settings.database).await?;
     let client = pool.get().await.map_err(db::DbError::from)?;
-    let system_identifier = cursor::system_identifier(&**client).await?;
+    let found = super::identity::current(&**client).await?;
+    let system_identifier = found.system_identifier.clone();
     let position = match start_from {
         StartFrom::Now => cursor::current_horizon(&**client).await?,
         StartFrom::Beginning => cursor::Position::BEGINNING,
@@ -71,6 +72,7 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
     let options = SinkOptions::from_settings(&settings.file_sink);
     let sink_id = settings.file_sink.sink_id.clone();
     let state_system_identifier = system_identifier.clone();
+    let database = found.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         // Opening takes the directory lock: this fails while a daemon runs on it.
         let (mut sink, recovery) = FileSink::open(options, Arc::new(SystemClock))?;
@@ -80,6 +82,9 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
             system_identifier: state_system_identifier,
             baseline: position,
             baseline_last_line_sha256: recovery.last_line.as_deref().map(sha256_hex),
+            database_oid: Some(database.database_oid),
+            database_name: Some(database.database_name),
+            timeline: Some(database.timeline),
         };
         sink.write_state(&serde_json::to_value(&state)?)?;
         sink.close()?;
@@ -94,7 +99,8 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
     )
     .await?;
     println!(
-        "The sink now starts at {position} of database {system_identifier}; start the daemon to resume mirroring."
+        "The sink now starts at {position} of database {:?} (oid {}) of cluster {system_identifier}; start the daemon to resume mirroring.",
+        found.database_name, found.database_oid
     );
     Ok(0)
 }

@@ -11,10 +11,14 @@
 //! falls idle, as soon as that second is up; and on shutdown) so that retention never
 //! deletes a row the sink has not written.
 //!
-//! **Identity.** The state file records the cluster's `system_identifier`. After a
-//! restore into a new cluster, transaction ids restart and the stored position means
-//! nothing; the mirror then stops with a clear error (readiness fails) until an
-//! operator runs `compartment-auditd sink rebaseline`.
+//! **Identity.** The state file records the cluster's `system_identifier`, the
+//! database (oid and name) and the timeline ([`identity`]). After a restore into a new
+//! cluster, transaction ids restart and the stored position means nothing; in another
+//! database of the cluster it names other rows; after a failover that lost the last
+//! mirrored event, transaction ids below it are reissued. The mirror then stops with
+//! a clear error (readiness fails) until an operator runs
+//! `compartment-auditd sink rebaseline`. A new timeline whose server has the last
+//! mirrored event is followed.
 //!
 //! **Reading.** Batches come in commit order from below the visibility horizon
 //! ([`crate::db::cursor`]). While one batch is being written the next one is read, so
@@ -24,6 +28,7 @@
 
 pub mod admin;
 mod commit;
+mod identity;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,6 +99,16 @@ pub struct SinkState {
     /// previous database) is then not used to derive the position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_last_line_sha256: Option<String>,
+    /// `pg_database.oid` of the database (absent in state files of older versions:
+    /// adopted on the next start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_oid: Option<u32>,
+    /// The database's name (for messages; the oid is what is compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_name: Option<String>,
+    /// The server's timeline the position was last confirmed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
 }
 
 /// Why the mirror cannot run.
@@ -121,6 +136,35 @@ pub enum MirrorError {
         expected: String,
         /// Identifier of the connected cluster.
         found: String,
+    },
+    /// Another database of the same cluster than the one the sink was set up against.
+    #[error(
+        "the sink was set up against database {expected}, but is now connected to another database, {found}, \
+         of the same cluster; positions cannot be compared: point the daemon back at {expected}, \
+         or stop it and run `compartment-auditd sink rebaseline`"
+    )]
+    DatabaseChanged {
+        /// The database in the state file.
+        expected: String,
+        /// The connected database.
+        found: String,
+    },
+    /// The server changed timeline (failover, point-in-time recovery) and does not
+    /// have the last mirrored event.
+    #[error(
+        "the database server changed timeline ({from} -> {to}: a failover or a point-in-time recovery) \
+         and does not have the last mirrored event ({last_event}): transactions already mirrored were lost, \
+         and the transaction ids they had can be given to new events, which would never be mirrored; \
+         stop the daemon, keep the sink's files (they hold the lost events), then run \
+         `compartment-auditd sink rebaseline`"
+    )]
+    TimelineChanged {
+        /// The timeline in the state file.
+        from: u32,
+        /// The server's timeline now.
+        to: u32,
+        /// The last event written to the sink (`id N`, with its `tx` when known).
+        last_event: String,
     },
     /// The last line in the sink names an event the database does not have.
     #[error(
@@ -152,6 +196,8 @@ impl MirrorError {
         matches!(
             self,
             MirrorError::IdentityChanged { .. }
+                | MirrorError::DatabaseChanged { .. }
+                | MirrorError::TimelineChanged { .. }
                 | MirrorError::UnknownLastLine { .. }
                 | MirrorError::UnparsableLastLine
                 | MirrorError::BadState(_)
@@ -256,7 +302,7 @@ impl Mirror {
             crate::db::backoff::Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
 
         // 1. Where to resume.
-        let (position, system_identifier) = loop {
+        let (position, sink_state) = loop {
             match self.establish_position(&recovery).await {
                 Ok(found) => break found,
                 Err(err) if err.is_permanent() => {
@@ -293,11 +339,14 @@ impl Mirror {
             published: position,
             published_at: Instant::now(),
             last_sync: Instant::now(),
-            system_identifier,
+            system_identifier: sink_state.system_identifier.clone(),
+            sink_state,
             start: position,
             start_line: recovery.last_line.clone(),
             syncing: None,
             unsynced: commit::Unsynced::default(),
+            held: None,
+            stall_reported: false,
         };
         let mut prefetched: Option<Batch> = None;
         while !shutdown.is_cancelled() {
@@ -323,6 +372,20 @@ impl Mirror {
                     }
                 },
             };
+            // Rows from another timeline (a promoted standby) are written only once the
+            // last mirrored event is confirmed there.
+            if let Some(timeline) = batch.timeline {
+                if let Err(err) = self.follow_timeline(&mut state, timeline).await {
+                    if err.is_permanent() {
+                        return self.halt(err, &shutdown).await;
+                    }
+                    telemetry::mirror::mirror_failed("timeline", &err);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            }
             // Group commit keeps at most one batch appended beyond the running fsync:
             // the next waits for it, so a slow or hung disk holds the pipeline back
             // (and shows as a stall) instead of letting unsynced lines pile up.
@@ -415,9 +478,10 @@ impl Mirror {
     async fn establish_position(
         &self,
         recovery: &Recovery,
-    ) -> Result<(Position, String), MirrorError> {
+    ) -> Result<(Position, SinkState), MirrorError> {
         let client = self.client().await?;
-        let system_identifier = cursor::system_identifier(&**client).await?;
+        let found = identity::current(&**client).await?;
+        let system_identifier = found.system_identifier.clone();
         let sink_id = self.sink_settings.sink_id.clone();
         let stored: Option<SinkState> = match &recovery.state {
             None => None,
@@ -426,14 +490,15 @@ impl Mirror {
                     .map_err(|e| MirrorError::BadState(e.to_string()))?,
             ),
         };
-        if let Some(stored) = &stored {
-            if stored.system_identifier != system_identifier {
-                return Err(MirrorError::IdentityChanged {
-                    expected: stored.system_identifier.clone(),
-                    found: system_identifier,
-                });
-            }
-        }
+        // Same cluster, same database (older state files adopt the current one).
+        let checked = stored
+            .as_ref()
+            .map(|stored| identity::check(stored, &found))
+            .transpose()?;
+        let timeline_changed = checked
+            .as_ref()
+            .and_then(|s| s.timeline)
+            .filter(|from| *from != found.timeline);
 
         let mut position = stored.as_ref().map(|s| s.baseline);
         if let Some(line) = &recovery.last_line {
@@ -455,7 +520,17 @@ impl Mirror {
                             {
                                 p.position
                             }
-                            _ => return Err(MirrorError::UnknownLastLine { id }),
+                            // After a failover, a lost event is the failover's doing.
+                            _ => match timeline_changed {
+                                Some(from) => {
+                                    return Err(MirrorError::TimelineChanged {
+                                        from,
+                                        to: found.timeline,
+                                        last_event: format!("id {id}"),
+                                    })
+                                }
+                                None => return Err(MirrorError::UnknownLastLine { id }),
+                            },
                         }
                     }
                 };
@@ -483,20 +558,36 @@ impl Mirror {
             },
         };
 
-        if stored.is_none() {
-            let state = SinkState {
-                version: STATE_VERSION,
-                sink_id: sink_id.clone(),
-                system_identifier: system_identifier.clone(),
-                baseline: position,
-                baseline_last_line_sha256: None,
-            };
+        let mut state = checked.unwrap_or_else(|| SinkState {
+            version: STATE_VERSION,
+            sink_id: sink_id.clone(),
+            system_identifier: system_identifier.clone(),
+            baseline: position,
+            baseline_last_line_sha256: None,
+            database_oid: Some(found.database_oid),
+            database_name: Some(found.database_name.clone()),
+            timeline: Some(found.timeline),
+        });
+        if let Some(from) = timeline_changed {
+            identity::confirm_timeline(
+                &**client,
+                &sink_id,
+                &system_identifier,
+                position,
+                from,
+                found.timeline,
+            )
+            .await?;
+            state.timeline = Some(found.timeline);
+            telemetry::mirror::timeline_followed(from, found.timeline, position);
+        }
+        if stored.as_ref() != Some(&state) {
             self.write_state(&state).await?;
         }
         // Publish before the first read so retention cannot delete what we are about
         // to mirror.
         cursor::publish_position(&**client, &sink_id, &system_identifier, position).await?;
-        Ok((position, system_identifier))
+        Ok((position, state))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, MirrorError> {
@@ -612,14 +703,22 @@ impl Mirror {
         // publishing on every idle turn would add one commit per batch; keep to the
         // interval, and wake up when the pending position falls due.
         self.maybe_publish(state, false).await;
-        let wait = match self.client().await {
-            Ok(client) => cursor::horizon_wait(&client, state.appended)
-                .await
-                .ok()
-                .flatten(),
+        let horizon = match self.client().await {
+            Ok(client) => cursor::horizon_wait(&client, state.appended).await.ok(),
             Err(_) => None,
         };
+        // The reissued transaction ids of a failover sort below the cursor, so no read
+        // returns their rows: the idle turn watches the timeline too.
+        if let Some(horizon) = horizon {
+            match self.follow_timeline(state, horizon.timeline).await {
+                Err(err) if err.is_permanent() => return Err(err),
+                Err(err) => telemetry::mirror::mirror_failed("timeline", &err),
+                Ok(()) => {}
+            }
+        }
+        let wait = horizon.and_then(|h| h.wait);
         telemetry::mirror::horizon_wait(wait);
+        self.watch_stall(state, wait.is_some());
         // Caught up: nothing readable is left and nothing waits behind an open
         // transaction — or something has waited so long (a long transaction elsewhere
         // in the cluster) that holding back readiness would help nobody.
@@ -662,6 +761,82 @@ impl Mirror {
             () = synced => {}
         }
         Ok(())
+    }
+
+    /// The server reports `timeline`: if the state file says another, confirms that
+    /// the server has the last event written to the sink ([`identity::confirm_timeline`])
+    /// and records the new timeline; a permanent error when it does not.
+    async fn follow_timeline(
+        &self,
+        state: &mut LoopState,
+        timeline: u32,
+    ) -> Result<(), MirrorError> {
+        let Some(from) = state.sink_state.timeline.filter(|from| *from != timeline) else {
+            return Ok(());
+        };
+        let client = self.client().await?;
+        identity::confirm_timeline(
+            &**client,
+            &self.sink_settings.sink_id,
+            &state.system_identifier,
+            state.appended,
+            from,
+            timeline,
+        )
+        .await?;
+        let sink_state = SinkState {
+            timeline: Some(timeline),
+            ..state.sink_state.clone()
+        };
+        self.write_state(&sink_state).await?;
+        state.sink_state = sink_state;
+        telemetry::mirror::timeline_followed(from, timeline, state.appended);
+        Ok(())
+    }
+
+    /// Marks the `mirror` check degraded (and says so in the log, once) while events
+    /// have waited behind the horizon for `mirror.horizon_stall_warning` without the
+    /// mirror moving; back to ok when nothing waits. Timed by the mirror's own clock
+    /// from its first idle turn that found events waiting at this position, so a
+    /// backdated `occurred_at` cannot fake a stall.
+    fn watch_stall(&self, state: &mut LoopState, waiting: bool) {
+        let stalled = if waiting {
+            let since = match state.held {
+                Some((since, at)) if at == state.appended => since,
+                _ => {
+                    let now = Instant::now();
+                    state.held = Some((now, state.appended));
+                    now
+                }
+            };
+            Some(since.elapsed())
+        } else {
+            state.held = None;
+            None
+        };
+        let limit = self.settings.horizon_stall_warning;
+        match stalled.filter(|s| !limit.is_zero() && *s >= limit) {
+            Some(stalled) => {
+                if !state.stall_reported {
+                    telemetry::mirror::horizon_stalled(stalled, state.appended);
+                    state.stall_reported = true;
+                }
+                self.health.set_degraded(
+                    CHECK_MIRROR,
+                    format!(
+                        "events have waited {}s behind an older open transaction in the cluster \
+                         (look in pg_stat_activity, and in pg_prepared_xacts for a prepared transaction)",
+                        stalled.as_secs()
+                    ),
+                );
+            }
+            None if state.stall_reported => {
+                telemetry::mirror::horizon_released();
+                state.stall_reported = false;
+                self.health.set_ok(CHECK_MIRROR);
+            }
+            None => {}
+        }
     }
 
     /// Fsyncs appended lines when the interval policy says so (or `force`). Returns
@@ -742,6 +917,7 @@ impl Mirror {
                         events: batch.events.split_off(i + 1),
                         positions: batch.positions.split_off(i + 1),
                         more: batch.more,
+                        timeline: batch.timeline,
                     };
                     return Ok((!rest.events.is_empty()).then_some(rest));
                 }
@@ -889,6 +1065,8 @@ struct LoopState {
     last_sync: Instant,
     /// The cluster we mirror.
     system_identifier: String,
+    /// What the state file holds (its timeline is updated after a confirmed failover).
+    sink_state: SinkState,
     /// Where mirroring started, and the sink's last line then: resuming there is
     /// right when every line written since has been taken back.
     start: Position,
@@ -898,6 +1076,10 @@ struct LoopState {
     syncing: Option<commit::Syncing>,
     /// Group commit: events appended since the running fsync started.
     unsynced: commit::Unsynced,
+    /// Events wait behind the horizon: since when (first seen at this position).
+    held: Option<(Instant, Position)>,
+    /// The stall past `mirror.horizon_stall_warning` was logged and marked degraded.
+    stall_reported: bool,
 }
 
 fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {

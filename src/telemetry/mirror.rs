@@ -165,6 +165,33 @@ pub fn horizon_wait(wait: Option<Duration>) {
     HORIZON_WAIT.set(seconds);
 }
 
+/// Events have waited behind the horizon longer than `mirror.horizon_stall_warning`.
+pub fn horizon_stalled(stalled: Duration, position: crate::db::cursor::Position) {
+    tracing::warn!(
+        waited_seconds = stalled.as_secs(),
+        %position,
+        "Audit events wait behind an older open transaction in the cluster; find it in \
+         pg_stat_activity (backend_xid, backend_xmin, xact_start) or, if prepared (two-phase \
+         commit), in pg_prepared_xacts, then end it (COMMIT/ROLLBACK PREPARED for a prepared one)"
+    );
+}
+
+/// The server changed timeline and has the last mirrored event: mirroring goes on.
+pub fn timeline_followed(from: u32, to: u32, position: crate::db::cursor::Position) {
+    tracing::warn!(
+        from,
+        to,
+        %position,
+        "The database server changed timeline (a failover or a point-in-time recovery); \
+         it has the last mirrored event, mirroring goes on"
+    );
+}
+
+/// The horizon passed the events that waited: the stall is over.
+pub fn horizon_released() {
+    tracing::info!("The audit events that waited behind an open transaction can be mirrored again");
+}
+
 /// The mirror cannot make progress; `stage` is a fixed word (`read`, `write`, …).
 pub fn mirror_failed(stage: &'static str, error: &dyn std::fmt::Display) {
     MIRROR_ERRORS.with_label_values(&[stage]).inc();

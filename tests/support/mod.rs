@@ -51,6 +51,8 @@ pub struct PrivatePostgres {
     /// Where it listens.
     pub port: u16,
     bin: PathBuf,
+    /// Extra server options (`-c name=value`), kept across restarts.
+    options: Vec<String>,
 }
 
 fn pg_bin() -> PathBuf {
@@ -78,21 +80,33 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// A temporary directory the server's user owns.
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("auditd-pg-")
+        .tempdir()
+        .expect("creating a temporary directory");
+    if rustix::process::geteuid().is_root() {
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown runs");
+        assert!(status.success());
+    }
+    dir
+}
+
 impl PrivatePostgres {
     /// Creates and starts a fresh cluster with trust authentication.
     pub fn start() -> PrivatePostgres {
-        let dir = tempfile::Builder::new()
-            .prefix("auditd-pg-")
-            .tempdir()
-            .expect("creating a temporary directory");
-        if rustix::process::geteuid().is_root() {
-            let status = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown runs");
-            assert!(status.success());
-        }
+        PrivatePostgres::start_with(&[])
+    }
+
+    /// Like [`Self::start`], with extra server settings (`name=value`, e.g.
+    /// `wal_level=logical`), kept across restarts.
+    pub fn start_with(settings: &[&str]) -> PrivatePostgres {
+        let dir = private_dir();
         let bin = pg_bin();
         let data = dir.path().join("data");
         let output = as_postgres(&bin.join("initdb"))
@@ -109,9 +123,77 @@ impl PrivatePostgres {
             dir,
             port: free_port(),
             bin,
+            options: settings.iter().map(|s| format!("-c {s}")).collect(),
         };
         pg.start_server();
         pg
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started and in recovery.
+    pub fn standby_of(primary: &PrivatePostgres) -> PrivatePostgres {
+        let dir = private_dir();
+        let data = dir.path().join("data");
+        let output = as_postgres(&primary.bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+            ])
+            // An immediate checkpoint: the default (spread) one can take minutes.
+            .args(["--checkpoint", "fast"])
+            .args(["-p", &primary.port.to_string(), "-D"])
+            .arg(&data)
+            .output()
+            .expect("pg_basebackup runs");
+        assert!(
+            output.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let standby = PrivatePostgres {
+            dir,
+            port: free_port(),
+            bin: primary.bin.clone(),
+            options: primary.options.clone(),
+        };
+        standby.start_server();
+        standby
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) {
+        let output = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.data())
+            .arg("promote")
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            output.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs SQL with `psql` on database `name` (stops at the first error) and returns
+    /// its unaligned output.
+    pub fn psql(&self, name: &str, sql: &str) -> String {
+        let output = Command::new("psql")
+            .arg(self.url(name))
+            .args(["-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
     fn data(&self) -> PathBuf {
@@ -119,12 +201,16 @@ impl PrivatePostgres {
     }
 
     fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100 \
              -c max_prepared_transactions=32",
             self.port,
             self.dir.path().display()
         );
+        for option in &self.options {
+            options.push(' ');
+            options.push_str(option);
+        }
         let output = as_postgres(&self.bin.join("pg_ctl"))
             .args(["-w", "-t", "60", "-D"])
             .arg(self.data())
