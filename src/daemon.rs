@@ -100,10 +100,10 @@ pub async fn run_with_reloads(
 
     let mut mirror_task = None;
     if settings.file_sink.enabled {
-        let mut listener_config = db::pg_config(&settings.database)?;
-        if listener_config.get_application_name() == Some(db::APPLICATION_NAME) {
+        let mut listener_connector = db::connector(&settings.database)?;
+        if listener_connector.config().get_application_name() == Some(db::APPLICATION_NAME) {
             // Distinct in pg_stat_activity: operators can tell the LISTEN connection apart.
-            listener_config.application_name(LISTENER_APPLICATION_NAME);
+            listener_connector.set_application_name(LISTENER_APPLICATION_NAME);
         }
         let start = MirrorStart {
             pool: pool.clone(),
@@ -111,7 +111,7 @@ pub async fn run_with_reloads(
             sanitizer: sanitizer.clone(),
             settings: settings.clone(),
             reloads: reloads.clone(),
-            listener_config,
+            listener_connector,
         };
         // A refusal (a symlink, a foreign owner, a held lock, a damaged state file)
         // stops the start here, with its reason; a full or read-only disk does not:
@@ -174,7 +174,7 @@ struct MirrorStart {
     sanitizer: Sanitizer,
     settings: Settings,
     reloads: watch::Receiver<Arc<Settings>>,
-    listener_config: tokio_postgres::Config,
+    listener_connector: db::Connector,
 }
 
 impl MirrorStart {
@@ -207,11 +207,11 @@ impl MirrorStart {
             sanitizer,
             settings,
             reloads,
-            listener_config,
+            listener_connector,
             ..
         } = self;
         let doorbell = listener::spawn(
-            listener_config,
+            listener_connector,
             ListenerOptions {
                 heartbeat_interval: settings.mirror.heartbeat_interval,
                 deadline: settings.database.connect_timeout,
