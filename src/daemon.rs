@@ -347,10 +347,25 @@ async fn watch_database(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
+    // The last failure logged, so that an outage (a refused certificate, a wrong
+    // password) is logged once with its cause, and again when the cause changes.
+    let mut logged: Option<String> = None;
     loop {
         match db::ping(&pool).await {
-            Ok(()) => health.set_ok(CHECK_DATABASE),
-            Err(err) => health.set_failing(CHECK_DATABASE, err.to_string()),
+            Ok(()) => {
+                if logged.take().is_some() {
+                    tracing::info!("The database is reachable again");
+                }
+                health.set_ok(CHECK_DATABASE)
+            }
+            Err(err) => {
+                let message = err.to_string();
+                if logged.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %message, "The database check failed; retrying");
+                    logged = Some(message.clone());
+                }
+                health.set_failing(CHECK_DATABASE, message)
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod fsync_fault;
+pub mod tls;
 pub mod tmpfs;
 pub mod writers;
 
@@ -80,6 +81,13 @@ fn as_postgres(program: &Path) -> Command {
 impl PrivatePostgres {
     /// Creates and starts a fresh cluster with trust authentication.
     pub fn start() -> PrivatePostgres {
+        PrivatePostgres::start_with(|_| {})
+    }
+
+    /// Like [`Self::start`], with `configure` run on the data directory after
+    /// `initdb` and before the first start (to add TLS files, `pg_hba.conf` lines,
+    /// `postgresql.conf` settings). What it writes is then given to the server's user.
+    pub fn start_with(configure: impl FnOnce(&Path)) -> PrivatePostgres {
         let dir = tempfile::Builder::new()
             .prefix("auditd-pg-")
             .tempdir()
@@ -104,6 +112,15 @@ impl PrivatePostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        configure(&data);
+        if rustix::process::geteuid().is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .expect("chown runs");
+            assert!(status.success());
+        }
         let pg = PrivatePostgres {
             dir,
             port: free_port(),
@@ -111,6 +128,35 @@ impl PrivatePostgres {
         };
         pg.start_server();
         pg
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data()
+    }
+
+    /// Makes the server re-read its configuration files (and TLS files).
+    pub fn reload(&self) {
+        let output = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.data())
+            .arg("reload")
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            output.status.success(),
+            "pg_ctl reload failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// URL of database `name` over the server's Unix socket (no TLS, `local` lines).
+    pub fn socket_url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@/{name}?host={}&port={}",
+            self.dir.path().display(),
+            self.port
+        )
     }
 
     fn data(&self) -> PathBuf {
