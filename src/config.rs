@@ -210,6 +210,17 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_LOG_FORMAT, "log.format"),
 ];
 
+/// Settings without a default: unset unless given. `config check` and
+/// config/auditd.toml show them commented out.
+pub const OPTIONAL_KEYS: &[&str] = &[
+    "database.url_file",
+    "database.password_file",
+    "database.tls.sslmode",
+    "database.tls.sslrootcert",
+    "database.tls.sslcert",
+    "database.tls.sslkey",
+];
+
 /// Lower-precedence alternatives: used only when the primary variable is not set.
 pub const ENV_FALLBACK_NAMES: &[EnvName] = &[env(ENV_DATABASE_URL_FALLBACK, "database.url")];
 
