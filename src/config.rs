@@ -39,6 +39,8 @@ use serde::Deserialize;
 
 pub use redact::redact_database_url;
 
+use crate::db::tls::{RootCert, SslMode};
+
 /// Exit status for bad configuration (`EX_CONFIG` from sysexits.h).
 pub const EX_CONFIG: i32 = 78;
 
@@ -51,6 +53,18 @@ pub const ENV_CONFIG: &str = "COMPARTMENT_AUDIT_CONFIG";
 pub const ENV_DATABASE_URL: &str = "COMPARTMENT_DATABASE_URL";
 /// `database.url`, when `COMPARTMENT_DATABASE_URL` is not set.
 pub const ENV_DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
+/// `database.url_file`: a file holding the connection string (a secret mount).
+pub const ENV_DATABASE_URL_FILE: &str = "COMPARTMENT_DATABASE_URL_FILE";
+/// `database.password_file`: a file holding the password, read for every connection.
+pub const ENV_DATABASE_PASSWORD_FILE: &str = "COMPARTMENT_DATABASE_PASSWORD_FILE";
+/// `database.tls.sslmode`.
+pub const ENV_DATABASE_SSLMODE: &str = "COMPARTMENT_DATABASE_SSLMODE";
+/// `database.tls.sslrootcert`.
+pub const ENV_DATABASE_SSLROOTCERT: &str = "COMPARTMENT_DATABASE_SSLROOTCERT";
+/// `database.tls.sslcert`.
+pub const ENV_DATABASE_SSLCERT: &str = "COMPARTMENT_DATABASE_SSLCERT";
+/// `database.tls.sslkey`.
+pub const ENV_DATABASE_SSLKEY: &str = "COMPARTMENT_DATABASE_SSLKEY";
 /// `database.pool_size`.
 pub const ENV_DATABASE_POOL_SIZE: &str = "COMPARTMENT_DATABASE_POOL_SIZE";
 /// `database.connect_timeout`.
@@ -150,6 +164,12 @@ const fn env(var: &'static str, key: &'static str) -> EnvName {
 /// Every setting, in documentation order, with its primary environment variable.
 pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_DATABASE_URL, "database.url"),
+    env(ENV_DATABASE_URL_FILE, "database.url_file"),
+    env(ENV_DATABASE_PASSWORD_FILE, "database.password_file"),
+    env(ENV_DATABASE_SSLMODE, "database.tls.sslmode"),
+    env(ENV_DATABASE_SSLROOTCERT, "database.tls.sslrootcert"),
+    env(ENV_DATABASE_SSLCERT, "database.tls.sslcert"),
+    env(ENV_DATABASE_SSLKEY, "database.tls.sslkey"),
     env(ENV_DATABASE_POOL_SIZE, "database.pool_size"),
     env(ENV_DATABASE_CONNECT_TIMEOUT, "database.connect_timeout"),
     env(ENV_DATABASE_POOL_IDLE_TIMEOUT, "database.pool_idle_timeout"),
@@ -211,8 +231,30 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_LOG_FORMAT, "log.format"),
 ];
 
+/// Settings without a default: unset unless given. `config check` and
+/// config/auditd.toml show them commented out.
+pub const OPTIONAL_KEYS: &[&str] = &[
+    "database.url_file",
+    "database.password_file",
+    "database.tls.sslmode",
+    "database.tls.sslrootcert",
+    "database.tls.sslcert",
+    "database.tls.sslkey",
+];
+
 /// Lower-precedence alternatives: used only when the primary variable is not set.
 pub const ENV_FALLBACK_NAMES: &[EnvName] = &[env(ENV_DATABASE_URL_FALLBACK, "database.url")];
+
+/// libpq's own variables, read (like libpq does) as defaults below the connection
+/// string: a parameter in the URL, or an explicit setting, overrides them. They fill
+/// [`DatabaseSettings::libpq_env`], not the settings of the same name.
+pub const LIBPQ_ENV_NAMES: &[EnvName] = &[
+    env("PGSSLMODE", "sslmode"),
+    env("PGSSLROOTCERT", "sslrootcert"),
+    env("PGSSLCERT", "sslcert"),
+    env("PGSSLKEY", "sslkey"),
+    env("PGPASSFILE", "passfile"),
+];
 
 /// The sections of the file, in documentation order.
 pub const SECTIONS: &[&str] = &[
@@ -279,6 +321,39 @@ pub struct DatabaseSettings {
     /// Connections of the `/v1` API's own pool: the API never takes one of the shared
     /// pool's (the mirror's, retention's and `/readyz`'s).
     pub api_pool_size: usize,
+    /// The file `url` was read from, if it came from one (`database.url_file`).
+    pub url_file: Option<PathBuf>,
+    /// A file holding the password, read again for every new connection.
+    pub password_file: Option<PathBuf>,
+    /// `[database.tls]`: explicit TLS parameters; each overrides the same parameter in
+    /// the URL.
+    pub tls: TlsSettings,
+    /// libpq's `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY` and `PGPASSFILE`
+    /// from the environment: defaults that the URL and `tls` override.
+    pub libpq_env: LibpqEnvironment,
+}
+
+/// TLS parameters of the database connection, each unset unless given (see
+/// [`crate::db::tls`] for their meaning).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `sslmode`.
+    pub sslmode: Option<SslMode>,
+    /// `sslrootcert`: a PEM file, or `system`.
+    pub sslrootcert: Option<RootCert>,
+    /// `sslcert`: the client certificate.
+    pub sslcert: Option<PathBuf>,
+    /// `sslkey`: the client certificate's key.
+    pub sslkey: Option<PathBuf>,
+}
+
+/// libpq's environment variables (see [`LIBPQ_ENV_NAMES`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LibpqEnvironment {
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`.
+    pub tls: TlsSettings,
+    /// `PGPASSFILE`.
+    pub passfile: Option<PathBuf>,
 }
 
 /// File sink settings.
@@ -565,6 +640,16 @@ pub enum ConfigError {
         /// Where it can be set.
         hint: String,
     },
+    /// Two settings that exclude each other are both set (a value and its `_FILE`).
+    #[error("{first} and {second} are both set: {hint}")]
+    Conflict {
+        /// The one setting (and where it was set).
+        first: String,
+        /// The other.
+        second: String,
+        /// Which one to keep.
+        hint: String,
+    },
     /// The file has a key or section this version does not know.
     #[error("unknown key {key} in {}: {accepted}", file.display())]
     UnknownKey {
@@ -676,6 +761,7 @@ impl Settings {
             .extract()
             .map_err(|err| structure_error(err, file))?;
         let mut settings = Reader { figment: &figment }.apply(&raw)?;
+        settings.database.libpq_env = libpq_environment(&env.libpq)?;
         settings.warnings = env.warnings;
         Ok(settings)
     }
@@ -716,6 +802,10 @@ impl Settings {
                 pool_idle_timeout: Duration::from_secs(600),
                 keepalive_idle: Duration::from_secs(30),
                 api_pool_size: 4,
+                url_file: None,
+                password_file: None,
+                tls: TlsSettings::default(),
+                libpq_env: LibpqEnvironment::default(),
             },
             file_sink: FileSinkSettings {
                 enabled: false,
@@ -815,6 +905,8 @@ struct Environment {
     primary: Vec<(&'static str, String)>,
     /// Values of [`ENV_FALLBACK_NAMES`].
     fallback: Vec<(&'static str, String)>,
+    /// Values of [`LIBPQ_ENV_NAMES`]: (variable, value).
+    libpq: Vec<(&'static str, String)>,
     /// Unknown variables in our namespace.
     warnings: Vec<ConfigWarning>,
 }
@@ -828,6 +920,7 @@ impl Environment {
     {
         let mut primary = BTreeMap::new();
         let mut fallback = BTreeMap::new();
+        let mut libpq = BTreeMap::new();
         let mut warnings = Vec::new();
         for (name, value) in env {
             let (name, value) = (name.as_ref(), value.as_ref());
@@ -838,6 +931,10 @@ impl Environment {
             } else if let Some(known) = ENV_FALLBACK_NAMES.iter().find(|n| n.var == name) {
                 if !value.is_empty() {
                     fallback.insert(known.key, value.to_owned());
+                }
+            } else if let Some(known) = LIBPQ_ENV_NAMES.iter().find(|n| n.var == name) {
+                if !value.is_empty() {
+                    libpq.insert(known.var, value.to_owned());
                 }
             } else if name.starts_with(ENV_PREFIX) && name != ENV_CONFIG {
                 warnings.push(ConfigWarning::UnknownEnvironmentVariable {
@@ -850,6 +947,7 @@ impl Environment {
         Environment {
             primary: primary.into_iter().collect(),
             fallback: fallback.into_iter().collect(),
+            libpq: libpq.into_iter().collect(),
             warnings,
         }
     }
@@ -878,21 +976,33 @@ impl Provider for EnvProvider {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut sections: BTreeMap<&str, Dict> = BTreeMap::new();
+        let mut root = Dict::new();
         for (key, value) in &self.values {
-            let (section, field) = key.split_once('.').ok_or_else(|| {
-                figment::Error::from(format!("internal: key {key} has no section"))
-            })?;
-            sections
-                .entry(section)
-                .or_default()
-                .insert(field.to_owned(), Value::from(value.clone()));
+            if !key.contains('.') {
+                return Err(figment::Error::from(format!(
+                    "internal: key {key} has no section"
+                )));
+            }
+            insert_nested(&mut root, key, Value::from(value.clone()));
         }
-        let root: Dict = sections
-            .into_iter()
-            .map(|(section, dict)| (section.to_owned(), Value::from(dict)))
-            .collect();
         Ok(Profile::Default.collect(root))
+    }
+}
+
+/// Inserts `value` at the dotted `key` (`database.tls.sslmode`), creating tables.
+fn insert_nested(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
     }
 }
 
@@ -974,11 +1084,23 @@ type RawValue = Option<Tagged<Value>>;
 #[serde(default, deny_unknown_fields)]
 struct RawDatabase {
     url: RawValue,
+    url_file: RawValue,
+    password_file: RawValue,
+    tls: RawTls,
     pool_size: RawValue,
     connect_timeout: RawValue,
     pool_idle_timeout: RawValue,
     keepalive_idle: RawValue,
     api_pool_size: RawValue,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawTls {
+    sslmode: RawValue,
+    sslrootcert: RawValue,
+    sslcert: RawValue,
+    sslkey: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1149,6 +1271,65 @@ impl Reader<'_> {
         read!(self, "database", db, keepalive_idle => s.database.keepalive_idle,
             duration(secs(1), hours(2)));
         read!(self, "database", db, api_pool_size => s.database.api_pool_size, count(1, 1024));
+        if db.url.is_some() && db.url_file.is_some() {
+            return Err(self.conflict(
+                ("database.url", db.url.as_ref()),
+                ("database.url_file", db.url_file.as_ref()),
+                "set the connection string in one of them only",
+            ));
+        }
+        read!(self, "database", db, url_file => s.database.url_file, |v| {
+            absolute_file(v).map(Some)
+        });
+        if let Some(path) = &s.database.url_file {
+            let text = read_secret_file(path).map_err(|reason| {
+                self.invalid(
+                    "database.url_file",
+                    db.url_file.as_ref(),
+                    &format!("{:?}", path.display().to_string()),
+                    reason,
+                )
+            })?;
+            let parsed = parse_database_url(&Value::from(text)).map_err(|accepted| {
+                self.invalid(
+                    "database.url_file",
+                    db.url_file.as_ref(),
+                    &format!("the content of {:?}", path.display().to_string()),
+                    accepted,
+                )
+            })?;
+            url = Some(parsed);
+        }
+        read!(self, "database", db, password_file => s.database.password_file, |v| {
+            absolute_file(v).map(Some)
+        });
+        if s.database.password_file.is_some()
+            && url.as_ref().is_some_and(|url| url_has_password(url.expose()))
+        {
+            let url_key = if db.url_file.is_some() {
+                ("database.url_file", db.url_file.as_ref())
+            } else {
+                ("database.url", db.url.as_ref())
+            };
+            return Err(self.conflict(
+                url_key,
+                ("database.password_file", db.password_file.as_ref()),
+                "the connection string holds a password and database.password_file names another; remove the password from the connection string or unset database.password_file",
+            ));
+        }
+        let tls = &db.tls;
+        read!(self, "database.tls", tls, sslmode => s.database.tls.sslmode, |v| {
+            string(v, "a word").and_then(|t| SslMode::parse(&t)).map(Some)
+        });
+        read!(self, "database.tls", tls, sslrootcert => s.database.tls.sslrootcert, |v| {
+            root_cert(v).map(Some)
+        });
+        read!(self, "database.tls", tls, sslcert => s.database.tls.sslcert, |v| {
+            absolute_file(v).map(Some)
+        });
+        read!(self, "database.tls", tls, sslkey => s.database.tls.sslkey, |v| {
+            absolute_file(v).map(Some)
+        });
         s.database.url = url.ok_or_else(|| ConfigError::Missing {
             key: "database.url".into(),
             hint: format!(
@@ -1277,16 +1458,33 @@ impl Reader<'_> {
         value: &str,
         accepted: String,
     ) -> ConfigError {
+        ConfigError::Invalid {
+            key: self.named(key, raw),
+            value: value.to_owned(),
+            accepted,
+        }
+    }
+
+    /// `key (where it was set)`.
+    fn named(&self, key: &str, raw: Option<&Tagged<Value>>) -> String {
         let origin = raw.map_or(Origin::Default, |tagged| self.origin(key, tagged));
-        let key = match origin {
+        match origin {
             Origin::Default => format!("{key} (default)"),
             Origin::File(path) => format!("{key} (in {})", path.display()),
             Origin::Env(var) => format!("{key} (environment variable {var})"),
-        };
-        ConfigError::Invalid {
-            key,
-            value: value.to_owned(),
-            accepted,
+        }
+    }
+
+    fn conflict(
+        &self,
+        first: (&str, Option<&Tagged<Value>>),
+        second: (&str, Option<&Tagged<Value>>),
+        hint: &str,
+    ) -> ConfigError {
+        ConfigError::Conflict {
+            first: self.named(first.0, first.1),
+            second: self.named(second.0, second.1),
+            hint: hint.to_owned(),
         }
     }
 
@@ -1530,10 +1728,69 @@ fn log_level(value: &Value) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// libpq's variables as [`LibpqEnvironment`]; a bad value names its variable.
+fn libpq_environment(values: &[(&'static str, String)]) -> Result<LibpqEnvironment, ConfigError> {
+    let mut env = LibpqEnvironment::default();
+    for (var, value) in values {
+        let invalid = |accepted: String| ConfigError::Invalid {
+            key: format!("{var} (environment variable)"),
+            value: format!("{value:?}"),
+            accepted,
+        };
+        let text = Value::from(value.clone());
+        match *var {
+            "PGSSLMODE" => env.tls.sslmode = Some(SslMode::parse(value).map_err(invalid)?),
+            "PGSSLROOTCERT" => env.tls.sslrootcert = Some(root_cert(&text).map_err(invalid)?),
+            "PGSSLCERT" => env.tls.sslcert = Some(absolute_file(&text).map_err(invalid)?),
+            "PGSSLKEY" => env.tls.sslkey = Some(absolute_file(&text).map_err(invalid)?),
+            "PGPASSFILE" => env.passfile = Some(absolute_file(&text).map_err(invalid)?),
+            _ => {}
+        }
+    }
+    Ok(env)
+}
+
+fn absolute_file(value: &Value) -> Result<PathBuf, String> {
+    const ACCEPTED: &str = "expected an absolute file path such as /etc/compartment/tls/ca.pem";
+    let text = string(value, ACCEPTED)?;
+    let path = PathBuf::from(text.trim());
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(ACCEPTED.into())
+    }
+}
+
+fn root_cert(value: &Value) -> Result<RootCert, String> {
+    const ACCEPTED: &str =
+        "expected system (the operating system's trust store) or an absolute path to a PEM file of CA certificates";
+    let text = string(value, ACCEPTED)?;
+    match RootCert::parse(text.trim()) {
+        RootCert::File(path) if !path.is_absolute() => Err(ACCEPTED.into()),
+        root => Ok(root),
+    }
+}
+
+/// A secret file's content, less one trailing newline (never shown in errors).
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    crate::db::passfile::read_password_file(path).map_err(|err| err.reason)
+}
+
+/// Whether a connection string carries a password (user info or parameter).
+fn url_has_password(text: &str) -> bool {
+    let rest = crate::db::conninfo::split(text).rest;
+    rest.parse::<tokio_postgres::Config>()
+        .is_ok_and(|config| config.get_password().is_some())
+}
+
 fn parse_database_url(value: &Value) -> Result<SecretString, String> {
     const ACCEPTED: &str = "expected a PostgreSQL connection string: a URL such as postgres://user:password@host:5432/dbname, or key=value pairs such as \"host=db user=app dbname=compartment\"";
     let text = string(value, ACCEPTED)?;
-    let config: tokio_postgres::Config = text.parse().map_err(|err: tokio_postgres::Error| {
+    let conninfo = crate::db::conninfo::split(&text);
+    if let Some(mode) = conninfo.get("sslmode") {
+        SslMode::parse(mode).map_err(|accepted| format!("sslmode={mode}: {accepted}"))?;
+    }
+    let config: tokio_postgres::Config = conninfo.rest.parse().map_err(|err: tokio_postgres::Error| {
         // The parser quotes the character it stumbled on, which may be part of the
         // password: keep only the part of its message before that.
         let mut message = err.to_string();

@@ -101,10 +101,10 @@ pub async fn run_with_reloads(
 
     let mut mirror_task = None;
     if settings.file_sink.enabled {
-        let mut listener_config = db::pg_config(&settings.database)?;
-        if listener_config.get_application_name() == Some(db::APPLICATION_NAME) {
+        let mut listener_connector = db::connector(&settings.database)?;
+        if listener_connector.config().get_application_name() == Some(db::APPLICATION_NAME) {
             // Distinct in pg_stat_activity: operators can tell the LISTEN connection apart.
-            listener_config.application_name(LISTENER_APPLICATION_NAME);
+            listener_connector.set_application_name(LISTENER_APPLICATION_NAME);
         }
         let start = MirrorStart {
             pool: pool.clone(),
@@ -112,7 +112,7 @@ pub async fn run_with_reloads(
             sanitizer: sanitizer.clone(),
             settings: settings.clone(),
             reloads: reloads.clone(),
-            listener_config,
+            listener_connector,
         };
         // A refusal (a symlink, a foreign owner, a held lock, a damaged state file)
         // stops the start here, with its reason; a full or read-only disk does not:
@@ -184,7 +184,7 @@ struct MirrorStart {
     sanitizer: Sanitizer,
     settings: Settings,
     reloads: watch::Receiver<Arc<Settings>>,
-    listener_config: tokio_postgres::Config,
+    listener_connector: db::Connector,
 }
 
 impl MirrorStart {
@@ -217,11 +217,11 @@ impl MirrorStart {
             sanitizer,
             settings,
             reloads,
-            listener_config,
+            listener_connector,
             ..
         } = self;
         let doorbell = listener::spawn(
-            listener_config,
+            listener_connector,
             ListenerOptions {
                 heartbeat_interval: settings.mirror.heartbeat_interval,
                 deadline: settings.database.connect_timeout,
@@ -360,10 +360,25 @@ async fn watch_database(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
+    // The last failure logged, so that an outage (a refused certificate, a wrong
+    // password) is logged once with its cause, and again when the cause changes.
+    let mut logged: Option<String> = None;
     loop {
         match db::ping(&pool).await {
-            Ok(()) => health.set_ok(CHECK_DATABASE),
-            Err(err) => health.set_failing(CHECK_DATABASE, err.to_string()),
+            Ok(()) => {
+                if logged.take().is_some() {
+                    tracing::info!("The database is reachable again");
+                }
+                health.set_ok(CHECK_DATABASE)
+            }
+            Err(err) => {
+                let message = err.to_string();
+                if logged.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %message, "The database check failed; retrying");
+                    logged = Some(message.clone());
+                }
+                health.set_failing(CHECK_DATABASE, message)
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -163,6 +163,10 @@ pub fn merge(
     }
     restart_only!(
         database.url => "database.url",
+        database.url_file => "database.url_file",
+        database.password_file => "database.password_file",
+        database.tls => "database.tls",
+        database.libpq_env => "the PGSSL*/PGPASSFILE environment",
         database.pool_size => "database.pool_size",
         database.connect_timeout => "database.connect_timeout",
         database.pool_idle_timeout => "database.pool_idle_timeout",

@@ -60,6 +60,60 @@ const CASES: &[Case] = &[
         get: |s| s.database.url.expose().to_owned(),
     },
     Case {
+        var: "COMPARTMENT_DATABASE_URL_FILE",
+        key: "database.url_file",
+        file: concat!("\"", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/database-url-a\""),
+        file_expect: "postgres://file@db-file/x",
+        env: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/database-url-b"),
+        env_expect: "postgres://env@db-env/y",
+        get: |s| s.database.url.expose().to_owned(),
+    },
+    Case {
+        var: "COMPARTMENT_DATABASE_PASSWORD_FILE",
+        key: "database.password_file",
+        file: r#""/run/secrets/db-a""#,
+        file_expect: r#"Some("/run/secrets/db-a")"#,
+        env: "/run/credentials/db-b",
+        env_expect: r#"Some("/run/credentials/db-b")"#,
+        get: |s| dbg(&s.database.password_file),
+    },
+    Case {
+        var: "COMPARTMENT_DATABASE_SSLMODE",
+        key: "database.tls.sslmode",
+        file: r#""require""#,
+        file_expect: "Some(Require)",
+        env: "verify-full",
+        env_expect: "Some(VerifyFull)",
+        get: |s| dbg(s.database.tls.sslmode),
+    },
+    Case {
+        var: "COMPARTMENT_DATABASE_SSLROOTCERT",
+        key: "database.tls.sslrootcert",
+        file: r#""system""#,
+        file_expect: "Some(System)",
+        env: "/etc/ssl/db-ca.pem",
+        env_expect: r#"Some(File("/etc/ssl/db-ca.pem"))"#,
+        get: |s| dbg(&s.database.tls.sslrootcert),
+    },
+    Case {
+        var: "COMPARTMENT_DATABASE_SSLCERT",
+        key: "database.tls.sslcert",
+        file: r#""/etc/tls/a.crt""#,
+        file_expect: r#"Some("/etc/tls/a.crt")"#,
+        env: "/etc/tls/b.crt",
+        env_expect: r#"Some("/etc/tls/b.crt")"#,
+        get: |s| dbg(&s.database.tls.sslcert),
+    },
+    Case {
+        var: "COMPARTMENT_DATABASE_SSLKEY",
+        key: "database.tls.sslkey",
+        file: r#""/etc/tls/a.key""#,
+        file_expect: r#"Some("/etc/tls/a.key")"#,
+        env: "/etc/tls/b.key",
+        env_expect: r#"Some("/etc/tls/b.key")"#,
+        get: |s| dbg(&s.database.tls.sslkey),
+    },
+    Case {
         var: "COMPARTMENT_DATABASE_POOL_SIZE",
         key: "database.pool_size",
         file: "16",
@@ -412,7 +466,7 @@ fn file_for(case: &Case) -> String {
 
 /// The base environment of a case: the database URL, unless the case is about it.
 fn base_env(case: &Case) -> Vec<(&'static str, &'static str)> {
-    if case.key == "database.url" {
+    if case.key == "database.url" || case.key == "database.url_file" {
         Vec::new()
     } else {
         vec![("COMPARTMENT_DATABASE_URL", BASE_URL)]
@@ -480,7 +534,7 @@ fn the_names_of_the_product_documentation_map_to_their_keys() {
 #[test]
 fn the_file_overrides_the_defaults_for_every_key() {
     for case in CASES {
-        if case.key != "database.url" {
+        if case.key != "database.url" && case.key != "database.url_file" {
             let defaults = load(None, &base_env(case)).expect("defaults load");
             assert_ne!(
                 (case.get)(&defaults),
@@ -831,9 +885,10 @@ fn the_effective_settings_render_as_a_file_that_loads_back_to_them() {
     let mut contents = String::new();
     for section in compartment_auditd::config::SECTIONS {
         contents.push_str(&format!("[{section}]\n"));
+        // url_file would conflict with url: the file sets the URL directly.
         for case in CASES
             .iter()
-            .filter(|c| c.key.starts_with(&format!("{section}.")))
+            .filter(|c| c.key.starts_with(&format!("{section}.")) && c.key != "database.url_file")
         {
             let (_, field) = case.key.split_once('.').expect("section.field");
             contents.push_str(&format!("{field} = {}\n", case.file));
@@ -845,15 +900,28 @@ fn the_effective_settings_render_as_a_file_that_loads_back_to_them() {
 
     let table: toml::Table = rendered.parse().expect("valid TOML");
     for name in ENV_NAMES {
-        let (section, field) = name.key.split_once('.').expect("section.field");
+        if name.key == "database.url_file" {
+            assert!(rendered.contains("# url_file is not set"), "{rendered}");
+            continue;
+        }
         assert!(
-            table.get(section).and_then(|s| s.get(field)).is_some(),
+            lookup(&table, name.key).is_some(),
             "{} missing from:\n{rendered}",
             name.key
         );
     }
     let again = toml_file(&rendered);
     assert_eq!(load(Some(again.path()), &[]).expect("loads back"), settings);
+}
+
+/// The value at a dotted key (`database.tls.sslmode`).
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.get(part)?;
+    }
+    Some(value)
 }
 
 #[test]
@@ -883,6 +951,16 @@ fn the_example_file_documents_every_key_with_its_default() {
         if name.key == "database.url" {
             // Required and secret: documented, commented out.
             assert!(text.contains("# url = "), "database.url is not shown");
+            continue;
+        }
+        if compartment_auditd::config::OPTIONAL_KEYS.contains(&name.key) {
+            // No default: documented, commented out.
+            let field = name.key.rsplit('.').next().unwrap_or_default();
+            assert!(
+                text.contains(&format!("# {field} = ")),
+                "{} is not shown",
+                name.key
+            );
             continue;
         }
         assert!(

@@ -79,13 +79,13 @@ impl Variant {
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
+pub(crate) struct Sample {
     /// From start until every event is out.
-    wall: Duration,
+    pub(crate) wall: Duration,
     /// CPU seconds of the client process (psql or the daemon).
-    client_cpu: f64,
+    pub(crate) client_cpu: f64,
     /// CPU seconds of the PostgreSQL backends serving it.
-    server_cpu: f64,
+    pub(crate) server_cpu: f64,
     /// Peak RSS (daemon), KiB.
     hwm_kib: Option<u64>,
     /// Bytes written.
@@ -118,7 +118,8 @@ pub async fn run(ctx: &Context, db: &BenchDatabase, config: &Config) -> anyhow::
         ));
         copies.push(sample);
         for (i, variant) in config.variants.iter().enumerate() {
-            let sample = mirror(ctx, db, &client, config.events, *variant, round).await?;
+            let sample =
+                mirror(ctx, &db.url, &client, config.events, *variant, round, &[]).await?;
             progress(format!(
                 "Catch-up round {round}/{}: {}: {:.2} s, peak RSS {} MiB",
                 config.rounds,
@@ -294,41 +295,46 @@ fn find_copy_backend(database: &str) -> Option<u32> {
         })
 }
 
-/// The daemon from start until `events_mirrored_total` reaches `events`.
-async fn mirror(
+/// The daemon from start until `events_mirrored_total` reaches `events`, with
+/// `extra` settings (the TLS comparison's).
+pub(crate) async fn mirror(
     ctx: &Context,
-    db: &BenchDatabase,
+    url: &str,
     client: &tokio_postgres::Client,
     events: u64,
     variant: Variant,
     round: usize,
+    extra: &[(&'static str, String)],
 ) -> anyhow::Result<Sample> {
+    let tag = if extra.is_empty() { "" } else { "-tls" };
     let dir = ctx
         .work
-        .join(format!("catchup-{}-r{round}", variant.slug()));
+        .join(format!("catchup-{}{tag}-r{round}", variant.slug()));
     std::fs::create_dir_all(&dir)?;
     let sink = dir.join("sink");
     // A sink id of its own: a new sink must not resume from another run's position.
-    let sink_id = format!("bench-catchup-{}-{round}", variant.slug());
+    let sink_id = format!("bench-catchup-{}{tag}-{round}", variant.slug());
     let started = Instant::now();
+    let mut env = vec![
+        ("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning".into()),
+        ("COMPARTMENT_AUDIT_FILE_SINK_ID", sink_id.clone()),
+        (
+            "COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE",
+            variant.batch_size.to_string(),
+        ),
+        (
+            "COMPARTMENT_AUDIT_FILE_SINK_FSYNC",
+            variant.fsync.to_string(),
+        ),
+    ];
+    env.extend(extra.iter().cloned());
     let mut daemon = Daemon::spawn(DaemonSpec {
         bin: &ctx.bin,
-        database_url: &db.url,
+        database_url: url,
         sink_dir: &sink,
         log: dir.join("daemon.log"),
         overrides: &ctx.settings,
-        env: vec![
-            ("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning".into()),
-            ("COMPARTMENT_AUDIT_FILE_SINK_ID", sink_id.clone()),
-            (
-                "COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE",
-                variant.batch_size.to_string(),
-            ),
-            (
-                "COMPARTMENT_AUDIT_FILE_SINK_FSYNC",
-                variant.fsync.to_string(),
-            ),
-        ],
+        env,
     })?;
     let timeout = Duration::from_secs(600);
     let (wall, proc) = loop {

@@ -334,7 +334,7 @@ async fn run_once(ctx: &Context, config: &Config, fsync: &str) -> anyhow::Result
 
 /// One writer: `INSERT … RETURNING id` in autocommit, as fast as it can, until
 /// `deadline`; returns `(id, commit returned)` per event.
-async fn writer(
+pub(crate) async fn writer(
     url: &str,
     deadline: Instant,
     committed: &AtomicU64,
@@ -378,16 +378,16 @@ async fn wait_streaming(client: &tokio_postgres::Client, recv: &mut Child) -> an
 }
 
 /// Latencies of one consumer.
-struct Latency {
+pub(crate) struct Latency {
     /// Seconds from commit to visible, sorted; may dip below zero by scheduling
     /// noise (a line can be seen before the writer task notes its commit).
-    sorted: Vec<f64>,
+    pub(crate) sorted: Vec<f64>,
     /// Seen-at of every event, to count what arrived inside the window.
     seen_at: Vec<Instant>,
     /// Committed events never seen.
-    missing: usize,
+    pub(crate) missing: usize,
     /// Events seen more than once.
-    duplicates: usize,
+    pub(crate) duplicates: usize,
 }
 
 impl Latency {
@@ -396,7 +396,7 @@ impl Latency {
     }
 }
 
-fn latencies(commits: &[(i64, Instant)], seen: &[(i64, Instant)]) -> Latency {
+pub(crate) fn latencies(commits: &[(i64, Instant)], seen: &[(i64, Instant)]) -> Latency {
     let mut first: HashMap<i64, Instant> = HashMap::with_capacity(seen.len());
     let mut duplicates = 0;
     for (id, at) in seen {

@@ -10,7 +10,9 @@
 //!    PostgreSQL instance with `wal_level=logical`: throughput, backlog over time and
 //!    commit-to-visible latency per event;
 //! 3. **idle** — CPU and memory of a daemon with nothing to do, with the default
-//!    timers and with its timers pushed out of the window.
+//!    timers and with its timers pushed out of the window;
+//! 4. **tls** — catch-up and live latency of the daemon over `verify-full` TLS
+//!    against plaintext, on one private instance with `ssl=on`.
 //!
 //! Run it through `scripts/bench-mirror` (release build, packages, PostgreSQL);
 //! `--quick` for smaller sizes, `--help` for the knobs. Tables are printed as
@@ -24,6 +26,7 @@ mod idle;
 mod live;
 mod pg;
 mod report;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,6 +95,8 @@ enum Scenario {
     Live,
     /// Do nothing, cheaply.
     Idle,
+    /// TLS (verify-full) against plaintext.
+    Tls,
 }
 
 /// What every scenario needs.
@@ -226,6 +231,21 @@ async fn scenarios(
             let window =
                 Duration::from_secs(options.idle_seconds.unwrap_or(if quick { 20 } else { 60 }));
             idle::run(ctx, db, window).await?;
+        }
+        if run(Scenario::Tls) {
+            let config = tls::Config {
+                events: options
+                    .events
+                    .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+                rounds: options.rounds.unwrap_or(if quick { 1 } else { 3 }),
+                window: Duration::from_secs(options.live_seconds.unwrap_or(if quick {
+                    10
+                } else {
+                    30
+                })),
+                writers: options.writers,
+            };
+            tls::run(ctx, &config).await?;
         }
         anyhow::Ok(())
     }

@@ -119,6 +119,13 @@ impl PrivatePostgres {
     /// `synchronous_commit=on`): the live scenario measures commits as an installation
     /// would see them.
     pub fn start() -> anyhow::Result<Self> {
+        PrivatePostgres::start_with_tls(None)
+    }
+
+    /// Like [`Self::start`], with `ssl = on` and `(certificate, key)` (PEM) as the
+    /// server's certificate when given. Plaintext connections stay allowed (the
+    /// `host` lines of `initdb`), so one instance serves both sides of a comparison.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("auditd-bench-pg-")
             .tempdir()
@@ -143,12 +150,28 @@ impl PrivatePostgres {
             ])
             .arg(&data))?;
         let port = crate::free_port()?;
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
              -c max_wal_senders=4 -c max_replication_slots=4 -c max_connections=50 \
              -c output_plugin_libraries=wal2json",
             dir.path().display()
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::write(data.join("server.crt"), cert)?;
+            std::fs::write(data.join("server.key"), key)?;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )?;
+            if is_root() {
+                run(Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join("server.crt"))
+                    .arg(data.join("server.key")))?;
+            }
+            options.push_str(" -c ssl=on");
+        }
         run(as_postgres(&bin.join("pg_ctl"))
             .args(["-w", "-t", "60", "-D"])
             .arg(&data)

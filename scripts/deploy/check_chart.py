@@ -151,8 +151,32 @@ def check_hardened(container: dict, pod: dict, where: str) -> None:
     expect(seccomp == "RuntimeDefault", f"{where}: seccompProfile RuntimeDefault")
 
 
+DATABASE_FILES = ("COMPARTMENT_DATABASE_SSLROOTCERT", "COMPARTMENT_DATABASE_SSLCERT",
+                  "COMPARTMENT_DATABASE_SSLKEY", "COMPARTMENT_DATABASE_PASSWORD_FILE")
+
+
+def check_database_files(c: dict, v: dict, where: str) -> None:
+    """Each TLS or password file the environment names lies in a read-only mount."""
+    env = env_of(c)
+    mounts = c.get("volumeMounts") or []
+    for name in DATABASE_FILES:
+        path = env.get(name, {}).get("value")
+        if not path or path == "system":
+            continue
+        expect(any(path.startswith(m["mountPath"].rstrip("/") + "/") and m.get("readOnly")
+                   for m in mounts), f"{where}: {name}={path} is not in a read-only mount")
+    tls = v["database"]["tls"]
+    expect(("COMPARTMENT_DATABASE_SSLMODE" in env) == bool(tls["sslmode"]),
+           f"{where}: COMPARTMENT_DATABASE_SSLMODE iff database.tls.sslmode")
+    expect(("COMPARTMENT_DATABASE_SSLKEY" in env) == bool(tls["clientCert"]["secretName"]),
+           f"{where}: COMPARTMENT_DATABASE_SSLKEY iff database.tls.clientCert.secretName")
+    expect(("COMPARTMENT_DATABASE_PASSWORD_FILE" in env) == bool(v["database"]["passwordSecret"]["name"]),
+           f"{where}: COMPARTMENT_DATABASE_PASSWORD_FILE iff database.passwordSecret.name")
+
+
 def check_daemon(c: dict, pod: dict, v: dict, where: str) -> None:
     check_hardened(c, pod, where)
+    check_database_files(c, v, where)
     env = env_of(c)
     expect(env.get("COMPARTMENT_AUDIT_HTTP_ADDR", {}).get("value", "").startswith("0.0.0.0:"),
            f"{where}: COMPARTMENT_AUDIT_HTTP_ADDR must listen on 0.0.0.0 for probes")
@@ -204,6 +228,7 @@ def check_release(docs: list[dict], v: dict, case: str) -> None:
             ann = obj["metadata"].get("annotations") or {}
             expect(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", f"{where}: hook events")
             check_hardened(main[MIGRATE], pod, where)
+            check_database_files(main[MIGRATE], v, where)
             expect(main[MIGRATE]["args"] == ["migrate"], f"{where}: runs `migrate`")
             continue
         daemon = init.get(DAEMON) if v["nativeSidecar"] else main.get(DAEMON)
@@ -228,6 +253,7 @@ def check_release(docs: list[dict], v: dict, case: str) -> None:
             names = [c["name"] for c in pod["initContainers"]]
             expect(names.index(MIGRATE) == 0, f"{where}: migrate runs first")
             check_hardened(init[MIGRATE], pod, where)
+            check_database_files(init[MIGRATE], v, where)
         collector = main.get(v["collector"]["name"])
         expect((collector is not None) == v["collector"]["enabled"], f"{where}: collector")
         if collector:

@@ -22,12 +22,30 @@ fn size(bytes: u64) -> String {
     quoted(&format_size(bytes))
 }
 
+/// An optional path, [`UNSET`] when there is none.
+fn path(path: Option<&std::path::Path>) -> String {
+    path.map_or_else(|| UNSET.to_owned(), |p| quoted(&p.to_string_lossy()))
+}
+
+/// Written as a comment (`# key is not set`): the key has no value.
+const UNSET: &str = "";
+
 pub(super) fn to_toml_redacted(s: &Settings) -> String {
-    let sections: [(&str, Vec<(&str, String)>); 6] = [
+    let db = &s.database;
+    let tls = &db.tls;
+    // With url_file, the URL is not repeated: loading both would be a conflict.
+    let url = if db.url_file.is_some() {
+        UNSET.to_owned()
+    } else {
+        quoted(&redact_database_url(db.url.expose()))
+    };
+    let sections: [(&str, Vec<(&str, String)>); 8] = [
         (
             "database",
             vec![
-                ("url", quoted(&redact_database_url(s.database.url.expose()))),
+                ("url", url),
+                ("url_file", path(db.url_file.as_deref())),
+                ("password_file", path(db.password_file.as_deref())),
                 ("pool_size", s.database.pool_size.to_string()),
                 ("connect_timeout", duration(s.database.connect_timeout)),
                 ("pool_idle_timeout", duration(s.database.pool_idle_timeout)),
@@ -35,6 +53,24 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                 ("api_pool_size", s.database.api_pool_size.to_string()),
             ],
         ),
+        (
+            "database.tls",
+            vec![
+                (
+                    "sslmode",
+                    tls.sslmode.map_or(UNSET.to_owned(), |m| quoted(m.as_str())),
+                ),
+                (
+                    "sslrootcert",
+                    tls.sslrootcert
+                        .as_ref()
+                        .map_or(UNSET.to_owned(), |r| quoted(&r.display())),
+                ),
+                ("sslcert", path(tls.sslcert.as_deref())),
+                ("sslkey", path(tls.sslkey.as_deref())),
+            ],
+        ),
+        ("", libpq_environment(s)),
         (
             "file_sink",
             vec![
@@ -117,14 +153,57 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
     ];
     let mut out = String::new();
     for (i, (section, keys)) in sections.iter().enumerate() {
-        if i > 0 {
+        if i > 0 && !keys.is_empty() {
             out.push('\n');
         }
         // Writing to a String cannot fail.
+        if section.is_empty() {
+            // Comments only (libpq's environment).
+            for (key, value) in keys {
+                let _ = writeln!(out, "# {key} = {value}");
+            }
+            continue;
+        }
         let _ = writeln!(out, "[{section}]");
         for (key, value) in keys {
-            let _ = writeln!(out, "{key} = {value}");
+            if value == UNSET {
+                let _ = writeln!(out, "# {key} is not set");
+            } else {
+                let _ = writeln!(out, "{key} = {value}");
+            }
         }
     }
     out
+}
+
+/// libpq's variables in effect, as comments: they are defaults below the URL, not
+/// settings, so they must not load back as settings.
+fn libpq_environment(s: &Settings) -> Vec<(&'static str, String)> {
+    let env = &s.database.libpq_env;
+    let mut lines = Vec::new();
+    if let Some(mode) = env.tls.sslmode {
+        lines.push(("PGSSLMODE", quoted(mode.as_str())));
+    }
+    if let Some(root) = &env.tls.sslrootcert {
+        lines.push(("PGSSLROOTCERT", quoted(&root.display())));
+    }
+    if let Some(cert) = &env.tls.sslcert {
+        lines.push(("PGSSLCERT", quoted(&cert.to_string_lossy())));
+    }
+    if let Some(key) = &env.tls.sslkey {
+        lines.push(("PGSSLKEY", quoted(&key.to_string_lossy())));
+    }
+    if let Some(file) = &env.passfile {
+        lines.push(("PGPASSFILE", quoted(&file.to_string_lossy())));
+    }
+    if !lines.is_empty() {
+        lines.insert(
+            0,
+            (
+                "libpq environment (defaults below the URL and [database.tls])",
+                "in effect".into(),
+            ),
+        );
+    }
+    lines
 }

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::backoff::Backoff;
+use crate::db::{describe, Connector};
 use crate::telemetry;
 
 /// The channel the reference schema's trigger notifies.
@@ -47,7 +48,7 @@ pub struct Doorbell {
 
 /// Starts the listener task; it runs until `shutdown` is cancelled.
 pub fn spawn(
-    config: tokio_postgres::Config,
+    connector: Connector,
     options: ListenerOptions,
     shutdown: CancellationToken,
 ) -> Doorbell {
@@ -63,7 +64,7 @@ pub fn spawn(
         let mut backoff = Backoff::new(Duration::from_millis(100), options.max_backoff);
         loop {
             let result = session(
-                &config,
+                &connector,
                 &options,
                 &rings,
                 &subscribed_tx,
@@ -97,7 +98,7 @@ pub fn spawn(
 /// Why a listener session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database: {}", describe(.0))]
     Connect(#[source] tokio_postgres::Error),
     #[error("connecting to the database timed out after {0:?}")]
     ConnectTimeout(Duration),
@@ -122,14 +123,14 @@ enum ConnectionEvent {
 /// One connection's life: connect, LISTEN, ring, then wait for notifications.
 /// Returns `Ok` only on shutdown.
 async fn session(
-    config: &tokio_postgres::Config,
+    connector: &Connector,
     options: &ListenerOptions,
     rings: &Notify,
     subscribed: &watch::Sender<bool>,
     last_error: &watch::Sender<Option<String>>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let connect = config.connect(NoTls);
+    let connect = connector.connect();
     let (client, mut connection) = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         result = tokio::time::timeout(options.deadline, connect) => match result {

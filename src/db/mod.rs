@@ -2,11 +2,14 @@
 //! filtered queries, administration. Never files.
 //!
 //! - [`pool`] builds the shared `deadpool` pool every component borrows connections
-//!   from; [`pg_config`] is the one place that turns [`DatabaseSettings`] into a
-//!   connection configuration, so the mirror's dedicated `LISTEN` connection (which
-//!   must not come from the pool) connects exactly like the pool does.
+//!   from; [`connector`] is the one place that turns [`DatabaseSettings`] into a
+//!   [`Connector`], which makes every connection (TLS, password files), so the
+//!   mirror's dedicated `LISTEN` connection (which must not come from the pool)
+//!   connects exactly like the pool does.
 //! - [`api_session`] is the `/v1` API's own pool (built by [`pool`] with its own size),
 //!   with `statement_timeout` on its sessions and abandoned queries cancelled.
+//! - [`connect`], [`tls`], [`conninfo`] and [`passfile`]: how one connection is made,
+//!   with libpq's `sslmode` semantics and secrets read from files.
 //! - [`migrate`] applies the reference schema's versioned migrations.
 //! - [`query`] holds the filtered reads of the list and the export.
 //! - [`json`] reads `json`/`jsonb` columns with a bound on nesting, so one deeply
@@ -15,28 +18,29 @@
 //!   `token`, plus the token lookup and permission check used by the `/v1` API.
 //! - [`retention`] holds the queries of `audit.retention.cleanup`: organizations'
 //!   retention, sink positions, the job's lock and resume point, the batch `DELETE`.
-//!
-//! Connections are plain TCP or Unix sockets: TLS to PostgreSQL is not supported yet,
-//! and a URL that requires it (`sslmode=require`) is refused by [`pg_config`] with a
-//! clear error rather than failing later during the handshake.
 
 pub mod admin;
 pub mod api_session;
 pub mod backoff;
+pub mod connect;
+pub mod conninfo;
 pub mod cursor;
 pub mod json;
 pub mod listener;
 pub mod migrate;
+pub mod passfile;
 pub mod query;
 pub mod retention;
+pub mod tls;
 
 use std::time::Duration;
 
 use deadpool::managed::QueueMode;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
+
+pub use connect::Connector;
 
 use crate::config::DatabaseSettings;
 
@@ -75,14 +79,9 @@ pub enum DbError {
         /// What is wrong, without the URL itself (it may contain the password).
         reason: String,
     },
-    /// The connection string asks for TLS, which is not supported yet.
-    #[error(
-        "the database URL requires TLS (sslmode={sslmode}), which compartment-auditd does not support yet; use sslmode=disable or sslmode=prefer"
-    )]
-    TlsUnsupported {
-        /// The requested `sslmode`.
-        sslmode: &'static str,
-    },
+    /// The TLS settings cannot be used (a missing CA, a key others can read, …).
+    #[error("the database TLS settings are not usable: {0}")]
+    Tls(#[from] tls::TlsError),
     /// No connection could be established.
     #[error("cannot connect to the database: {}", describe(.0))]
     Connect(tokio_postgres::Error),
@@ -136,8 +135,12 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 /// One line for a `tokio_postgres::Error`: the server's severity, message and SQLSTATE
-/// for database errors, otherwise the error and its causes (I/O errors, timeouts).
-fn describe(err: &tokio_postgres::Error) -> String {
+/// for database errors; the named cause of a TLS or password file failure; otherwise
+/// the error and its causes (I/O errors, timeouts).
+pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(cause) = connect::named_cause(err) {
+        return cause;
+    }
     if let Some(db) = err.as_db_error() {
         return format!(
             "{}: {} (SQLSTATE {})",
@@ -156,16 +159,28 @@ fn describe(err: &tokio_postgres::Error) -> String {
     text
 }
 
-/// Parses the configured URL and applies the connection settings: `application_name`
-/// (unless the URL sets one), connect timeout, TCP keepalives and `TCP_USER_TIMEOUT`.
-///
-/// Used by [`pool`] and by anything that needs a dedicated connection (the mirror's
-/// listener), so all connections behave the same.
+/// Parses the configured URL (without the libpq parameters [`conninfo`] takes out)
+/// and applies the connection settings: `application_name` (unless the URL sets
+/// one), connect timeout, TCP keepalives and `TCP_USER_TIMEOUT`.
 pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
+    pg_config_of(&conninfo::split(settings.url.expose()), settings)
+}
+
+/// The [`Connector`] every connection of the process is made with: used by [`pool`]
+/// and by anything that needs a dedicated connection (the mirror's listener), so all
+/// connections behave the same.
+pub fn connector(settings: &DatabaseSettings) -> Result<Connector, DbError> {
+    let info = conninfo::split(settings.url.expose());
+    let config = pg_config_of(&info, settings)?;
+    Ok(Connector::new(config, &info, settings)?)
+}
+
+fn pg_config_of(
+    info: &conninfo::Conninfo,
+    settings: &DatabaseSettings,
+) -> Result<tokio_postgres::Config, DbError> {
     let mut config: tokio_postgres::Config =
-        settings
-            .url
-            .expose()
+        info.rest
             .parse()
             .map_err(|err: tokio_postgres::Error| {
                 // The key=value parser quotes the character it stumbled on ("expected
@@ -189,12 +204,6 @@ pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, 
             reason: "empty host name".into(),
         });
     }
-    match config.get_ssl_mode() {
-        SslMode::Disable | SslMode::Prefer => {}
-        SslMode::Require => return Err(DbError::TlsUnsupported { sslmode: "require" }),
-        // `SslMode` is non-exhaustive; anything newer than `require` is at least as strict.
-        _ => return Err(DbError::TlsUnsupported { sslmode: "verify" }),
-    }
     if config.get_application_name().is_none() {
         config.application_name(APPLICATION_NAME);
     }
@@ -208,7 +217,8 @@ pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, 
     Ok(config)
 }
 
-/// Builds the shared connection pool (`pool_size` connections at most).
+/// Builds the shared connection pool (`pool_size` connections at most), each
+/// connection made by [`connector`]'s [`Connector`] (deadpool's connect hook).
 ///
 /// It does not connect: connections are made on first use and replaced when they
 /// break, so the daemon can start while the database is down and become ready when
@@ -216,9 +226,10 @@ pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, 
 /// returned one are each bounded by `connect_timeout`, so a saturated pool or an
 /// unreachable server surfaces as an error instead of a hang.
 pub async fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(
-        pg_config(settings)?,
-        NoTls,
+    let connector = connector(settings)?;
+    let manager = Manager::from_connect(
+        connector.config().clone(),
+        connector,
         ManagerConfig {
             // `Fast` trusts a connection whose task is still alive; keepalives and the
             // user timeout close half-open ones, which `Fast` then notices.
@@ -335,18 +346,20 @@ mod tests {
     }
 
     #[test]
-    fn tls_requirements_are_refused_clearly() {
-        let err = pg_config(&settings(
-            "postgres://auditd:hunter2@db.example/compartment?sslmode=require",
-        ))
-        .expect_err("TLS is not supported");
-        assert!(matches!(
-            err,
-            DbError::TlsUnsupported { sslmode: "require" }
-        ));
-        assert!(err.to_string().contains("sslmode=disable"));
-        pg_config(&settings("postgres://db.example/x?sslmode=disable")).expect("disable is fine");
-        pg_config(&settings("postgres://db.example/x?sslmode=prefer")).expect("prefer is fine");
+    fn every_sslmode_and_the_libpq_file_parameters_are_accepted() {
+        for mode in tls::SslMode::ALL {
+            let url = format!(
+                "postgres://auditd:hunter2@db.example/compartment?sslmode={mode}&sslrootcert=system&application_name=x"
+            );
+            let config = pg_config(&settings(&url)).expect(&url);
+            assert_eq!(config.get_application_name(), Some("x"));
+        }
+        let err = connector(&settings("postgres://db.example/x?sslmode=verify-ca"))
+            .expect_err("verify-ca needs a CA");
+        assert!(matches!(err, DbError::Tls(tls::TlsError::NoRootCert(_))), "{err}");
+        let connector = connector(&settings("postgres://db.example/x?sslmode=require"))
+            .expect("require needs no CA");
+        assert_eq!(connector.tls_options().mode, tls::SslMode::Require);
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct ChaosOptions {
     pub progress_every: Duration,
     /// Fault pacing.
     pub pacing: Pacing,
+    /// The daemon connects over TLS (`verify-full`, a server with `hostssl` lines
+    /// only); the harness itself uses the server's Unix socket. `CHAOS_TLS=1`.
+    pub tls: bool,
 }
 
 /// Random ranges, in milliseconds, that pace each fault kind.
@@ -226,6 +229,7 @@ impl ChaosOptions {
             tmpfs_size,
             progress_every,
             pacing: Pacing::default(),
+            tls: var("CHAOS_TLS").is_some_and(|v| v != "0"),
         })
     }
 }
@@ -478,15 +482,41 @@ async fn scenario(
     std::fs::create_dir_all(&log_dir).expect("creating the log directory");
 
     // A private server: restarting it must not disturb other tests.
-    let pg = Arc::new(
-        tokio::task::spawn_blocking(PrivatePostgres::start)
-            .await
-            .expect("starting PostgreSQL"),
-    );
-    let url = pg.create_migrated_database("chaos");
+    let tls = options.tls;
+    let (pki, pg) = tokio::task::spawn_blocking(move || {
+        if tls {
+            let pki = super::tls::Pki::generate();
+            let pg = super::tls::start_tls_postgres(&pki);
+            (Some(pki), pg)
+        } else {
+            (None, PrivatePostgres::start())
+        }
+    })
+    .await
+    .expect("starting PostgreSQL");
+    let pg = Arc::new(pg);
+    let tcp_url = pg.create_migrated_database("chaos");
+    // Over TLS only the daemon (and its CLI) use TCP; the harness uses the socket.
+    let (url, server_url) = match &pki {
+        Some(_) => (pg.socket_url("chaos"), pg.socket_url("postgres")),
+        None => (tcp_url.clone(), pg.url("postgres")),
+    };
     let orgs = setup_scenario(&url).await;
 
-    let base = DaemonConfig::new(&url, sink, &log_dir)
+    let mut base = DaemonConfig::new(&url, sink, &log_dir);
+    if let Some(pki) = &pki {
+        base = base
+            .with(
+                "COMPARTMENT_DATABASE_URL",
+                &format!("postgres://postgres@localhost:{}/chaos", pg.port),
+            )
+            .with("COMPARTMENT_DATABASE_SSLMODE", "verify-full")
+            .with(
+                "COMPARTMENT_DATABASE_SSLROOTCERT",
+                &pki.path("ca.pem").display().to_string(),
+            );
+    }
+    let base = base
         .with("COMPARTMENT_AUDIT_FILE_SINK_START_FROM", "beginning")
         .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_SIZE", "64K")
         .with("COMPARTMENT_AUDIT_FILE_SINK_ROTATE_INTERVAL", "2s")
@@ -559,7 +589,7 @@ async fn scenario(
             faults_stop.clone(),
         )),
         tokio::spawn(terminate_backends(
-            pg.url("postgres"),
+            server_url.clone(),
             options.pacing.clone(),
             rng(3),
             tally.clone(),

@@ -6,6 +6,7 @@
 pub mod capability;
 pub mod chaos;
 pub mod fsync_fault;
+pub mod tls;
 pub mod tmpfs;
 pub mod writers;
 
@@ -106,6 +107,13 @@ impl PrivatePostgres {
     /// Like [`Self::start`], with extra server settings (`name=value`, e.g.
     /// `wal_level=logical`), kept across restarts.
     pub fn start_with(settings: &[&str]) -> PrivatePostgres {
+        PrivatePostgres::start_configured(settings, |_| {})
+    }
+
+    /// Like [`Self::start_with`], with `configure` run on the data directory after
+    /// `initdb` and before the first start (to add TLS files, `pg_hba.conf` lines,
+    /// `postgresql.conf` settings). What it writes is then given to the server's user.
+    pub fn start_configured(settings: &[&str], configure: impl FnOnce(&Path)) -> PrivatePostgres {
         let dir = private_dir();
         let bin = pg_bin();
         let data = dir.path().join("data");
@@ -119,6 +127,15 @@ impl PrivatePostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        configure(&data);
+        if rustix::process::geteuid().is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .expect("chown runs");
+            assert!(status.success());
+        }
         let pg = PrivatePostgres {
             dir,
             port: free_port(),
@@ -194,6 +211,35 @@ impl PrivatePostgres {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data()
+    }
+
+    /// Makes the server re-read its configuration files (and TLS files).
+    pub fn reload(&self) {
+        let output = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.data())
+            .arg("reload")
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            output.status.success(),
+            "pg_ctl reload failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// URL of database `name` over the server's Unix socket (no TLS, `local` lines).
+    pub fn socket_url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@/{name}?host={}&port={}",
+            self.dir.path().display(),
+            self.port
+        )
     }
 
     fn data(&self) -> PathBuf {

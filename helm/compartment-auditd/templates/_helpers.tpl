@@ -133,6 +133,7 @@ rather than with `toToml`: Helm reads every number in a values file as a float, 
     secretKeyRef:
       name: {{ include "compartment-auditd.databaseSecret" . }}
       key: {{ .Values.database.secretKey }}
+{{- include "compartment-auditd.databaseEnv" . }}
 - name: COMPARTMENT_AUDIT_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- with .Values.logLevel }}
@@ -145,6 +146,100 @@ rather than with `toToml`: Helm reads every number in a values file as a float, 
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Where the database's secret files are mounted. */}}
+{{- define "compartment-auditd.tlsDir" -}}/etc/compartment-auditd/tls{{- end }}
+{{- define "compartment-auditd.passwordDir" -}}/etc/compartment-auditd/database{{- end }}
+
+{{/* TLS and password-file variables (paths of the mounts below, never contents). */}}
+{{- define "compartment-auditd.databaseEnv" -}}
+{{- $tls := .Values.database.tls }}
+{{- $dir := include "compartment-auditd.tlsDir" . }}
+{{- with $tls.sslmode }}
+- name: COMPARTMENT_DATABASE_SSLMODE
+  value: {{ . | quote }}
+{{- end }}
+{{- if $tls.rootCert.system }}
+- name: COMPARTMENT_DATABASE_SSLROOTCERT
+  value: "system"
+{{- else if or $tls.rootCert.secretName $tls.rootCert.configMapName }}
+- name: COMPARTMENT_DATABASE_SSLROOTCERT
+  value: {{ printf "%s/ca/%s" $dir $tls.rootCert.key | quote }}
+{{- end }}
+{{- if $tls.clientCert.secretName }}
+- name: COMPARTMENT_DATABASE_SSLCERT
+  value: {{ printf "%s/client/%s" $dir $tls.clientCert.certKey | quote }}
+- name: COMPARTMENT_DATABASE_SSLKEY
+  value: {{ printf "%s/client/%s" $dir $tls.clientCert.keyKey | quote }}
+{{- end }}
+{{- with .Values.database.passwordSecret.name }}
+- name: COMPARTMENT_DATABASE_PASSWORD_FILE
+  value: {{ printf "%s/%s" (include "compartment-auditd.passwordDir" $) $.Values.database.passwordSecret.key | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Mounts of the database's secret files (daemon and migrate). */}}
+{{- define "compartment-auditd.databaseMounts" -}}
+{{- $tls := .Values.database.tls }}
+{{- if and (not $tls.rootCert.system) (or $tls.rootCert.secretName $tls.rootCert.configMapName) }}
+- name: compartment-auditd-db-ca
+  mountPath: {{ include "compartment-auditd.tlsDir" . }}/ca
+  readOnly: true
+{{- end }}
+{{- if $tls.clientCert.secretName }}
+- name: compartment-auditd-db-client-cert
+  mountPath: {{ include "compartment-auditd.tlsDir" . }}/client
+  readOnly: true
+{{- end }}
+{{- if .Values.database.passwordSecret.name }}
+- name: compartment-auditd-db-password
+  mountPath: {{ include "compartment-auditd.passwordDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Volumes behind those mounts. Directory mounts (no subPath), so the kubelet's
+updates of a rotated Secret reach the files. */}}
+{{- define "compartment-auditd.databaseVolumes" -}}
+{{- $tls := .Values.database.tls }}
+{{- if not $tls.rootCert.system }}
+{{- if $tls.rootCert.secretName }}
+- name: compartment-auditd-db-ca
+  secret:
+    secretName: {{ $tls.rootCert.secretName }}
+    items:
+      - key: {{ $tls.rootCert.key }}
+        path: {{ $tls.rootCert.key }}
+{{- else if $tls.rootCert.configMapName }}
+- name: compartment-auditd-db-ca
+  configMap:
+    name: {{ $tls.rootCert.configMapName }}
+    items:
+      - key: {{ $tls.rootCert.key }}
+        path: {{ $tls.rootCert.key }}
+{{- end }}
+{{- end }}
+{{- with $tls.clientCert.secretName }}
+- name: compartment-auditd-db-client-cert
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: {{ $tls.clientCert.certKey }}
+        path: {{ $tls.clientCert.certKey }}
+      - key: {{ $tls.clientCert.keyKey }}
+        path: {{ $tls.clientCert.keyKey }}
+{{- end }}
+{{- with .Values.database.passwordSecret.name }}
+- name: compartment-auditd-db-password
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: {{ $.Values.database.passwordSecret.key }}
+        path: {{ $.Values.database.passwordSecret.key }}
 {{- end }}
 {{- end }}
 
@@ -220,6 +315,7 @@ volumeMounts:
   - name: compartment-auditd-sink
     mountPath: {{ .Values.sink.mountPath }}
   {{- end }}
+  {{- include "compartment-auditd.databaseMounts" . | nindent 2 }}
   {{- with .Values.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -234,6 +330,10 @@ args:
   - migrate
 env:
   {{- include "compartment-auditd.env" . | nindent 2 }}
+{{- with (include "compartment-auditd.databaseMounts" . | trim) }}
+volumeMounts:
+  {{- . | nindent 2 }}
+{{- end }}
 securityContext:
   {{- include "compartment-auditd.securityContext" . | nindent 2 }}
 {{- with .Values.resources }}
@@ -283,6 +383,10 @@ volumeMounts:
 {{- end }}
 
 {{- define "compartment-auditd.validate" -}}
+{{- $ca := .Values.database.tls.rootCert }}
+{{- if gt (len (compact (list (ternary "system" "" $ca.system) $ca.secretName $ca.configMapName))) 1 }}
+{{- fail "database.tls.rootCert: set one of system, secretName and configMapName" }}
+{{- end }}
 {{- if and .Values.collector.enabled (not .Values.sink.enabled) }}
 {{- fail "collector.enabled needs sink.enabled: the collector reads the sink volume" }}
 {{- end }}
@@ -329,6 +433,7 @@ Empty otherwise.
 - name: compartment-auditd-config
   configMap:
     name: {{ include "compartment-auditd.fullname" . }}
+{{- include "compartment-auditd.databaseVolumes" . }}
 {{- if .Values.sink.enabled }}
 - name: compartment-auditd-sink
   {{- $v := .Values.sink.volume }}
