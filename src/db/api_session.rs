@@ -17,9 +17,8 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
-use tokio_postgres::NoTls;
 
-use super::{pool, DbError, APPLICATION_NAME};
+use super::{pool, Connector, DbError, APPLICATION_NAME};
 use crate::config::DatabaseSettings;
 
 /// `application_name` of the API's sessions (unless the URL sets its own), so that
@@ -32,6 +31,9 @@ pub struct ApiPool {
     pool: Pool,
     /// `SET` on every new session.
     session_setup: String,
+    /// The TLS connector of the pool's connections: a cancel request travels on a
+    /// connection of its own, with TLS when the session had it.
+    connector: Connector,
 }
 
 impl ApiPool {
@@ -55,6 +57,7 @@ impl ApiPool {
         Ok(ApiPool {
             pool,
             session_setup,
+            connector: super::connector(settings)?,
         })
     }
 
@@ -76,6 +79,7 @@ impl ApiPool {
         }
         Ok(ApiSession {
             object: Some(object),
+            connector: self.connector.clone(),
         })
     }
 }
@@ -84,6 +88,8 @@ impl ApiPool {
 #[derive(Debug)]
 pub struct ApiSession {
     object: Option<Object>,
+    /// For the cancel request of an abandoned query.
+    connector: Connector,
 }
 
 impl ApiSession {
@@ -129,10 +135,11 @@ impl Drop for ApiSession {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let tls = self.connector.tls();
         runtime.spawn(async move {
             // The cancel request travels on a connection of its own, with the same
-            // socket settings as the session.
-            if let Err(err) = cancel.cancel_query(NoTls).await {
+            // socket settings as the session, over TLS when the session used it.
+            if let Err(err) = cancel.cancel_query(tls).await {
                 tracing::debug!(error = %err, "Could not cancel an abandoned API query");
             }
             drop(client);

@@ -113,6 +113,13 @@ impl Connector {
         &self.options
     }
 
+    /// The TLS connector, for a cancel request (`CancelToken::cancel_query`): it
+    /// opens a connection of its own, which must use TLS when the session it
+    /// cancels did (a `hostssl`-only server refuses a plaintext cancel).
+    pub fn tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
     /// Sets `application_name` of the connections this connector makes.
     pub fn set_application_name(&mut self, name: &str) {
         self.config.application_name(name);
@@ -264,7 +271,10 @@ impl MakeTlsConnect<Socket> for Tls {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
-        match <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(&mut self.inner, domain) {
+        match <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(
+            &mut self.inner,
+            domain,
+        ) {
             Ok(connect) => Ok(connect),
             Err(never) => match never {},
         }
@@ -299,7 +309,10 @@ mod tests {
         let url = "postgres://db/x?sslmode=require&sslrootcert=/url-ca.pem";
         let from_url = options(url, |_| {});
         assert_eq!(from_url.mode, SslMode::Require);
-        assert_eq!(from_url.root_cert, Some(RootCert::File("/url-ca.pem".into())));
+        assert_eq!(
+            from_url.root_cert,
+            Some(RootCert::File("/url-ca.pem".into()))
+        );
         let explicit = options(url, |db| {
             db.tls.sslmode = Some(SslMode::VerifyFull);
             db.tls.sslrootcert = Some(RootCert::File("/ca.pem".into()));
@@ -314,9 +327,17 @@ mod tests {
         assert_eq!(env.mode, SslMode::Require);
         assert_eq!(env.cert, Some("/c.pem".into()));
         let under_url = options(url, |db| db.libpq_env.tls.sslmode = Some(SslMode::Disable));
-        assert_eq!(under_url.mode, SslMode::Require, "the URL wins over PGSSLMODE");
+        assert_eq!(
+            under_url.mode,
+            SslMode::Require,
+            "the URL wins over PGSSLMODE"
+        );
         assert_eq!(options("postgres://db/x", |_| {}).mode, SslMode::Prefer);
         let system = options("postgres://db/x?sslrootcert=system", |_| {});
-        assert_eq!(system.mode, SslMode::VerifyFull, "system implies verify-full");
+        assert_eq!(
+            system.mode,
+            SslMode::VerifyFull,
+            "system implies verify-full"
+        );
     }
 }
