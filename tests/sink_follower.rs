@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use compartment_auditd::sink::{SinkOptions, SystemClock};
+use compartment_auditd::sink::{SinkOptions, SystemClock, ROTATE_MIN_AGE};
 use sink_support::*;
 
 const DOC_SINK_DIR: &str = "/var/lib/compartment/audit-logs";
@@ -199,8 +199,14 @@ impl SyslogNg {
                 "--persist-file={}",
                 work.join("syslog-ng.persist").display()
             ))
-            .arg(format!("--control={}", work.join("syslog-ng.ctl").display()))
-            .arg(format!("--pidfile={}", work.join("syslog-ng.pid").display()))
+            .arg(format!(
+                "--control={}",
+                work.join("syslog-ng.ctl").display()
+            ))
+            .arg(format!(
+                "--pidfile={}",
+                work.join("syslog-ng.pid").display()
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -312,7 +318,12 @@ fn a_real_follower_receives_every_line_exactly_once_through_rotations() {
     }
     sink.sync().unwrap();
 
-    wait_for_lines(&output, total as usize, &mut follower, Duration::from_secs(20));
+    wait_for_lines(
+        &output,
+        total as usize,
+        &mut follower,
+        Duration::from_secs(20),
+    );
     // A little longer, so that duplicates would have time to show up too.
     std::thread::sleep(Duration::from_millis(500));
     let rotations = rotations(&dir);
@@ -339,11 +350,13 @@ const BURST_ROTATIONS: usize = 30;
 /// Real time between batches: several batches arrive while one file is active.
 const BURST_PAUSE: Duration = Duration::from_millis(100);
 
-/// The sink on the real clock (the follower's timing is real too), with files kept
-/// plain for 5 s, so that compression happens while the follower runs.
+/// The sink as the daemon runs it, on the real clock (the follower's timing is real
+/// too), with files kept plain for 5 s, so that compression happens while the
+/// follower runs.
 fn burst_options(dir: &Path) -> SinkOptions {
     let mut opts = options(dir);
     opts.rotate_size = BURST_ROTATE_SIZE;
+    opts.rotate_min_age = ROTATE_MIN_AGE;
     opts.compress_delay = Duration::from_secs(5);
     opts.retention_files = 1000;
     opts
@@ -385,11 +398,18 @@ fn burst(start: impl FnOnce(&Path, &Path) -> Follower) {
         std::thread::sleep(BURST_PAUSE);
     }
     let total = next - 1;
-    sink.sync().unwrap();
+    // Closing stops the compressor, so that the directory holds still for the
+    // comparison below; the follower goes on reading.
+    sink.close().unwrap();
     let batches = (total - 3) / BURST_BATCH;
     let rotations = rotations(&dir);
 
-    wait_for_lines(&output, total as usize, &mut follower, Duration::from_secs(10));
+    wait_for_lines(
+        &output,
+        total as usize,
+        &mut follower,
+        Duration::from_secs(10),
+    );
     // A little longer, so that duplicates would have time to show up too.
     std::thread::sleep(Duration::from_millis(500));
     assert_ids(&everything(&dir), 1, total, "the sink itself");
@@ -399,7 +419,6 @@ fn burst(start: impl FnOnce(&Path, &Path) -> Follower) {
         follower.name,
         started.elapsed().as_secs_f64()
     );
-    sink.close().unwrap();
 }
 
 #[test]
