@@ -25,27 +25,9 @@ use sink_support::*;
 const DOC_SINK_DIR: &str = "/var/lib/compartment/audit-logs";
 const DOC_OUTPUT: &str = "/var/log/compartment-audit.ndjson";
 
-/// The code block that follows `marker` in `docs/collectors.md`, exactly as written.
-fn documented_config(marker: &str) -> String {
-    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/collectors.md"))
-        .expect("docs/collectors.md exists");
-    let after = doc
-        .split_once(marker)
-        .unwrap_or_else(|| panic!("{marker} marks a block in docs/collectors.md"))
-        .1;
-    let block = after
-        .trim_start()
-        .strip_prefix("```")
-        .and_then(|b| b.split_once('\n'))
-        .expect("a code block follows the marker")
-        .1;
-    let end = block.find("\n```").expect("the code block is closed");
-    block[..end].to_owned()
-}
-
 /// The documented configuration with the two documented paths replaced.
 fn localised(marker: &str, sink_dir: &Path, output: &Path) -> String {
-    let config = documented_config(marker)
+    let config = documented_block(marker)
         .replace(DOC_SINK_DIR, sink_dir.to_str().unwrap())
         .replace(DOC_OUTPUT, output.to_str().unwrap());
     assert!(
