@@ -153,6 +153,9 @@ fn opts(dir: &Path, compress_delay: Duration, rotate_size: u64) -> SinkOptions {
         dir: dir.to_owned(),
         rotate_interval: Duration::from_secs(86_400),
         rotate_size,
+        // Files of exactly `rotate_size`, as before the minimum age: at this rate
+        // (far above 64 MiB/s) the daemon's files would hold a second's worth.
+        rotate_min_age: Duration::ZERO,
         retention_files: 30,
         fsync: FsyncPolicy::Always,
         fsync_interval: Duration::from_secs(1),

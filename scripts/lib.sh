@@ -17,6 +17,35 @@ ensure_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Unpacks a Debian package that cannot be installed beside one the tests also need
+# (syslog-ng-core and rsyslog conflict: each is "the" system log daemon) into
+# ${XDG_CACHE_HOME:-~/.cache}/compartment-auditd/<package>, after installing the
+# libraries it depends on. Prints that directory. Arguments: package, a path the
+# unpacked package has (relative), to tell whether it is there already.
+ensure_unpacked_package() {
+    local pkg=$1 probe=$2 root deps tmp
+    root=${XDG_CACHE_HOME:-$HOME/.cache}/compartment-auditd/$pkg
+    if [ -e "$root/$probe" ]; then
+        echo "$root"
+        return 0
+    fi
+    log "Unpacking Debian package $pkg into $root (not installed: it conflicts with rsyslog)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    deps=$(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
+        --no-replaces --no-enhances "$pkg" | sed -n 's/^ *|\{0,1\}Depends: \([^<].*\)$/\1/p')
+    # shellcheck disable=SC2086 # one package name a word
+    [ -z "$deps" ] || apt-get install -y -qq --no-install-recommends $deps >/dev/null
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null) || { rm -rf "$tmp"; return 1; }
+    mkdir -p "$(dirname "$root")"
+    rm -rf "$root.tmp"
+    dpkg-deb -x "$tmp"/"$pkg"_*.deb "$root.tmp"
+    rm -rf "$tmp" "$root"
+    mv "$root.tmp" "$root"
+    echo "$root"
+}
+
 # Starts the local PostgreSQL cluster when nothing answers on 127.0.0.1:5432.
 ensure_postgres() {
     ensure_packages psql:postgresql-client pg_ctlcluster:postgresql-common pg_isready:postgresql-client

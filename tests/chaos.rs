@@ -112,6 +112,8 @@ async fn a_batch_split_by_a_rotation_when_the_disk_fills_is_written_once() {
         "the first part must fit: {before} bytes"
     );
 
+    // Old enough to be rotated by size (the daemon's minimum age).
+    tokio::time::sleep(compartment_auditd::sink::ROTATE_MIN_AGE).await;
     tmpfs.fill().unwrap();
     // One transaction, one batch: its first lines fit before the rotation.
     insert(db.url(), org, 40).await;

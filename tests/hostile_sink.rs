@@ -261,13 +261,19 @@ async fn foreign_entries_are_left_alone_through_rotation_compression_and_file_re
     let before = snapshot(&s.sink, &foreign);
     assert_eq!(before.len(), foreign.len());
 
-    s.insert(80).await;
+    s.insert(20).await;
     let daemon = s.config.spawn();
     assert!(
         daemon.wait_ready(Duration::from_secs(30)).await,
         "{}",
         daemon.log_text()
     );
+    // A file is rotated by size at most once per batch and once it is a second
+    // old: three more batches, a second apart, rotate three times.
+    for _ in 0..3 {
+        tokio::time::sleep(compartment_auditd::sink::ROTATE_MIN_AGE).await;
+        s.insert(20).await;
+    }
     let committed = s.committed().await;
     let last = *committed.last().unwrap();
     let arrived = support::wait_for(LINES_WAIT, async || {

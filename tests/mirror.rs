@@ -703,8 +703,10 @@ async fn a_batch_that_fails_after_crossing_a_rotation_is_resumed_not_resent() {
         daemon.log_text()
     );
 
-    // Leave room for a few 4K files: a 300-line batch (~100K) rotates several times
-    // and then runs out of space in the middle.
+    // Leave room for a few 4K files: a 300-line batch (~100K) fills the rest of the
+    // active file, rotates it (old enough, after the minimum age) and then runs out
+    // of space in the new file.
+    tokio::time::sleep(compartment_auditd::sink::ROTATE_MIN_AGE).await;
     t.fs.fill_leaving(24 * 1024).unwrap();
     insert_n(t.db.url(), t.org, 300).await;
     daemon

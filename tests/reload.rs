@@ -9,6 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use compartment_auditd::sink::ROTATE_MIN_AGE;
 use support::{wait_for, wait_for_lines, writers, DaemonConfig};
 
 const SUCCESS: &str = "compartment_audit_config_reloads_total{result=\"success\"}";
@@ -110,7 +111,13 @@ async fn file_changes_and_sighup_reload_and_a_broken_edit_keeps_the_old_settings
         "the file change was not picked up: {}",
         daemon.log_text()
     );
-    insert(db.url(), org, 40).await;
+    // Two batches, each when the active file is old enough to be rotated by size
+    // (a file is rotated at most once per batch).
+    tokio::time::sleep(ROTATE_MIN_AGE).await;
+    insert(db.url(), org, 20).await;
+    assert!(wait_for_lines(&sink, 60, Duration::from_secs(60)).await);
+    tokio::time::sleep(ROTATE_MIN_AGE).await;
+    insert(db.url(), org, 20).await;
     assert!(wait_for_lines(&sink, 80, Duration::from_secs(60)).await);
     assert!(
         rotated(&sink) >= 2,
@@ -171,6 +178,7 @@ async fn file_changes_and_sighup_reload_and_a_broken_edit_keeps_the_old_settings
         "the error names the key"
     );
     let rotated_before = rotated(&sink);
+    tokio::time::sleep(ROTATE_MIN_AGE).await;
     insert(db.url(), org, 40).await;
     assert!(wait_for_lines(&sink, 125, Duration::from_secs(60)).await);
     assert!(

@@ -61,15 +61,110 @@ fn a_line_larger_than_the_limit_goes_whole_into_a_file_of_its_own() {
     let tail = line(3);
 
     put(&mut sink, &small);
-    let mut rest = big.clone();
-    rest.extend_from_slice(&tail);
-    put(&mut sink, &rest);
+    put(&mut sink, &big);
+    put(&mut sink, &tail);
 
     let files = rotated(&dir);
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(fs::read(dir.join(&files[0])).unwrap(), small);
     assert_eq!(fs::read(dir.join(&files[1])).unwrap(), big);
     assert_eq!(fs::read(dir.join("audit.ndjson")).unwrap(), tail);
+
+    // In one batch, what follows the large line stays with it: the file that the
+    // batch created is not rotated within the batch.
+    let mut both = big.clone();
+    both.extend_from_slice(&line(4));
+    put(&mut sink, &both);
+    let files = rotated(&dir);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(fs::read(dir.join(&files[2])).unwrap(), tail);
+    assert_eq!(fs::read(dir.join("audit.ndjson")).unwrap(), both);
+}
+
+/// Issue 19: a batch whose remainder would fill a new file too must not create and
+/// rename that file within the batch (a follower that opens the name after the
+/// creation would never see it). Every file a batch rotates held lines of an
+/// earlier batch, and a file passes the limit by one batch at most.
+#[test]
+fn no_file_is_created_and_rotated_within_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sink");
+    let clock = manual_clock();
+    let mut opts = options(&dir);
+    opts.rotate_size = 4096;
+    opts.retention_files = 1000;
+    let (mut sink, _) = open(opts, clock.clone());
+
+    let mut next = 1;
+    let mut largest_batch = 0;
+    let mut seen = 0;
+    for round in 0..60u64 {
+        // 1 to 29 lines (450 B to 13 KB): many batches larger than a file.
+        let n = 1 + (round * 7) % 29;
+        let lines = batch(next, next + n - 1);
+        largest_batch = largest_batch.max(lines.len() as u64);
+        put(&mut sink, &lines);
+        let files = rotated(&dir);
+        for name in &files[seen..] {
+            let content = fs::read(dir.join(name)).unwrap();
+            let first = ids(&content)[0];
+            assert!(
+                first < next,
+                "{name} was created and rotated by the batch starting at id {next}"
+            );
+            assert!(
+                content.len() as u64 <= 4096 + largest_batch,
+                "{name} has {} bytes, more than the limit plus one batch",
+                content.len()
+            );
+        }
+        seen = files.len();
+        next += n;
+        clock.advance(Duration::from_millis(100));
+    }
+    assert!(seen >= 30, "only {seen} rotations");
+    assert_eq!(ids(&everything(&dir)), (1..next).collect::<Vec<_>>());
+}
+
+/// A new file takes whole batches until it is `rotate_min_age` old, however far
+/// past the limit; the first batch after that rotates it.
+#[test]
+fn a_new_file_is_not_rotated_by_size_before_its_minimum_age() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sink");
+    let clock = manual_clock();
+    let mut opts = options(&dir);
+    opts.rotate_size = 4096;
+    opts.rotate_min_age = Duration::from_secs(1);
+    let (mut sink, _) = open(opts, clock.clone());
+
+    // Batches of 5 lines (about 2.2 KB) every 300 ms: a file is 1 s old at its
+    // fifth batch (0, 0.3, 0.6, 0.9 s take four), which rotates it.
+    let mut next = 1;
+    for _ in 0..20 {
+        put(&mut sink, &batch(next, next + 4));
+        next += 5;
+        clock.advance(Duration::from_millis(300));
+    }
+    let files = rotated(&dir);
+    assert_eq!(files.len(), 4, "{files:?}");
+    for name in &files {
+        let got = ids(&fs::read(dir.join(name)).unwrap());
+        // Four batches: 0-0.9 s of the file's life, then the fifth rotated it.
+        assert_eq!(got.len(), 20, "{name} holds {got:?}");
+    }
+    assert_eq!(ids(&everything(&dir)), (1..next).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_daemon_waits_a_second_before_rotating_a_new_file_by_size() {
+    let settings = compartment_auditd::config::Settings::with_defaults("postgres://localhost/x");
+    let opts = compartment_auditd::sink::SinkOptions::from_settings(&settings.file_sink);
+    assert_eq!(
+        opts.rotate_min_age,
+        compartment_auditd::sink::ROTATE_MIN_AGE
+    );
+    assert_eq!(opts.rotate_min_age, Duration::from_secs(1));
 }
 
 #[test]

@@ -293,6 +293,7 @@ fn check(data: &[u8]) -> Result<()> {
         dir: dir.clone(),
         rotate_interval: Duration::from_secs(86_400),
         rotate_size: 64 << 20,
+        rotate_min_age: Duration::ZERO,
         retention_files: plan.retention_files,
         fsync: FsyncPolicy::Always,
         fsync_interval: Duration::from_secs(1),

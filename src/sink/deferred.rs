@@ -197,6 +197,7 @@ mod tests {
             dir: dir.to_owned(),
             rotate_interval: Duration::from_secs(3600),
             rotate_size,
+            rotate_min_age: Duration::ZERO,
             retention_files: 30,
             fsync: FsyncPolicy::Always,
             fsync_interval: Duration::from_secs(1),

@@ -75,6 +75,16 @@ use writer::ActiveFile;
 use crate::config::{FileSinkSettings, FsyncPolicy};
 use crate::telemetry::sink as metrics;
 
+/// How long a new `audit.ndjson` stays the active file at least before a size
+/// rotation may rename it: one second, twice the poll interval of the documented
+/// polling followers (syslog-ng `file()` with `follow-freq(0.5)`, Vector with
+/// `glob_minimum_cooldown_ms = 500`). Followers on inotify (rsyslog `imfile`,
+/// Fluent Bit `tail`) open a new file within milliseconds of its creation; a
+/// follower that opens the name only after the file was renamed again never sees it
+/// (issue 19). Until then the file takes whole batches, so it may pass
+/// `rotate_size` by one batch plus what arrives in that second.
+pub const ROTATE_MIN_AGE: Duration = Duration::from_secs(1);
+
 /// How the sink behaves; see [`SinkOptions::from_settings`].
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -82,8 +92,12 @@ pub struct SinkOptions {
     pub dir: PathBuf,
     /// Rotate when the active file has been open this long (by the sink's clock).
     pub rotate_interval: Duration,
-    /// Rotate before the active file would pass this many bytes.
+    /// Rotate before the active file would pass this many bytes, once the file is
+    /// eligible (see [`ROTATE_MIN_AGE`]).
     pub rotate_size: u64,
+    /// A file is rotated by size only once it has been the active file across a
+    /// batch boundary and for at least this long; [`ROTATE_MIN_AGE`] in the daemon.
+    pub rotate_min_age: Duration,
     /// Compressed rotated files kept; older ones are deleted.
     pub retention_files: usize,
     /// When appended lines are fsync'd.
@@ -106,6 +120,7 @@ impl SinkOptions {
             dir: s.dir.clone(),
             rotate_interval: s.rotate_interval,
             rotate_size: s.rotate_size,
+            rotate_min_age: ROTATE_MIN_AGE,
             retention_files: s.retention_files,
             fsync: s.fsync,
             fsync_interval: s.fsync_interval,
@@ -392,8 +407,12 @@ impl FileSink {
     ///
     /// Rotates first when due (age), or when the batch would pass `rotate_size` — then
     /// the batch is split at a line boundary and continues in the new file; a single
-    /// line larger than `rotate_size` goes whole into a file of its own. One `write`
-    /// per file per batch; fsync per policy.
+    /// line larger than `rotate_size` goes whole into a file of its own. A file is
+    /// rotated by size only once it was already the active file when a batch began
+    /// and is [`SinkOptions::rotate_min_age`] old: a file created during this batch,
+    /// or younger, takes the batch whole, so that a follower has time to open it
+    /// before it is renamed (no file is created and rotated within one batch). One
+    /// `write` per file per batch; fsync per policy.
     ///
     /// On error nothing of the failed part is left (no half line), the error is
     /// returned and the sink reports not writable; resume after [`Self::last_line`].
@@ -431,16 +450,22 @@ impl FileSink {
         now: SystemTime,
         defer: bool,
     ) -> Result<Appended, SinkError> {
+        // The batch boundary: a file that is active now was there before this batch.
+        if let Some(active) = self.active.as_mut() {
+            active.before_batch = true;
+        }
         self.ensure_active(now)?;
         self.nudge_if_due(now);
         self.rotate_if_due_at(now)?;
         let mut rest = lines;
         let mut rotated = false;
         let rotate_size = self.opts.rotate_size;
+        let min_age = self.opts.rotate_min_age;
         while !rest.is_empty() {
             let active = self.active_file(now)?;
             let room = rotate_size.saturating_sub(active.len);
-            let take = if rest.len() as u64 <= room {
+            let eligible = active.before_batch && active.age(now) >= min_age;
+            let take = if !eligible || rest.len() as u64 <= room {
                 rest.len()
             } else {
                 // `room` < rest.len() here, so the conversion cannot truncate.

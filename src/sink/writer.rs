@@ -29,6 +29,10 @@ pub struct ActiveFile {
     pub inode: u64,
     /// When the file was opened, by the sink's clock (age-based rotation).
     pub opened_at: SystemTime,
+    /// This file was already the active file when the current batch began (false
+    /// for a file created or reopened during the batch): only then may a size
+    /// rotation rename it.
+    pub before_batch: bool,
 }
 
 impl ActiveFile {
@@ -55,6 +59,7 @@ impl ActiveFile {
             synced_len: meta.len(),
             inode: meta.ino(),
             opened_at,
+            before_batch: false,
         })
     }
 

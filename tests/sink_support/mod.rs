@@ -35,6 +35,9 @@ pub fn options(dir: &Path) -> SinkOptions {
         dir: dir.to_owned(),
         rotate_interval: Duration::from_secs(3600),
         rotate_size: 64 << 20,
+        // The batch-boundary rule only: most tests do not move their manual clock.
+        // The tests of the minimum age, and the follower tests, set it.
+        rotate_min_age: Duration::ZERO,
         retention_files: 30,
         fsync: FsyncPolicy::Always,
         fsync_interval: Duration::from_secs(1),
@@ -272,4 +275,22 @@ pub fn assert_ids(content: &[u8], from: u64, to: u64, context: &str) {
         first_bad.map(|i| got[i]),
         first_bad.map(|i| want[i]),
     );
+}
+
+/// The code block that follows `marker` in `docs/collectors.md`, exactly as written.
+pub fn documented_block(marker: &str) -> String {
+    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/collectors.md"))
+        .expect("docs/collectors.md exists");
+    let after = doc
+        .split_once(marker)
+        .unwrap_or_else(|| panic!("{marker} marks a block in docs/collectors.md"))
+        .1;
+    let block = after
+        .trim_start()
+        .strip_prefix("```")
+        .and_then(|b| b.split_once('\n'))
+        .expect("a code block follows the marker")
+        .1;
+    let end = block.find("\n```").expect("the code block is closed");
+    block[..end].to_owned()
 }
