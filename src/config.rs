@@ -115,6 +115,8 @@ pub const ENV_HTTP_MAX_QUERY_BYTES: &str = "COMPARTMENT_AUDIT_HTTP_MAX_QUERY_BYT
 pub const ENV_HTTP_REQUEST_TIMEOUT: &str = "COMPARTMENT_AUDIT_HTTP_REQUEST_TIMEOUT";
 /// `http.max_concurrent_exports`.
 pub const ENV_HTTP_MAX_CONCURRENT_EXPORTS: &str = "COMPARTMENT_AUDIT_HTTP_MAX_CONCURRENT_EXPORTS";
+/// `http.console_enabled`.
+pub const ENV_HTTP_CONSOLE_ENABLED: &str = "COMPARTMENT_AUDIT_HTTP_CONSOLE_ENABLED";
 /// `log.level`.
 pub const ENV_LOG_LEVEL: &str = "COMPARTMENT_AUDIT_LOG_LEVEL";
 /// `log.format`.
@@ -186,6 +188,7 @@ pub const ENV_NAMES: &[EnvName] = &[
         ENV_HTTP_MAX_CONCURRENT_EXPORTS,
         "http.max_concurrent_exports",
     ),
+    env(ENV_HTTP_CONSOLE_ENABLED, "http.console_enabled"),
     env(ENV_LOG_LEVEL, "log.level"),
     env(ENV_LOG_FORMAT, "log.format"),
 ];
@@ -331,6 +334,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Exports streamed at the same time at most.
     pub max_concurrent_exports: usize,
+    /// Whether the browser page (`/`, `/orgs/{org}/audit`) is served.
+    pub console_enabled: bool,
 }
 
 /// Logging settings.
@@ -717,6 +722,7 @@ impl Settings {
                 max_query_bytes: 4 * 1024,
                 request_timeout: Duration::from_secs(30),
                 max_concurrent_exports: 4,
+                console_enabled: true,
             },
             log: LogSettings {
                 level: "info".into(),
@@ -986,6 +992,7 @@ struct RawHttp {
     max_query_bytes: RawValue,
     request_timeout: RawValue,
     max_concurrent_exports: RawValue,
+    console_enabled: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1170,6 +1177,7 @@ impl Reader<'_> {
             duration(secs(1), hours(1)));
         read!(self, "http", h, max_concurrent_exports => s.http.max_concurrent_exports,
             count(1, 1024));
+        read!(self, "http", h, console_enabled => s.http.console_enabled, boolean);
         if s.http.max_query_bytes > s.http.max_header_bytes {
             let raw = h.max_query_bytes.as_ref();
             return Err(self.invalid(

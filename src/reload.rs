@@ -179,6 +179,7 @@ pub fn merge(
         http.max_query_bytes => "http.max_query_bytes",
         http.request_timeout => "http.request_timeout",
         http.max_concurrent_exports => "http.max_concurrent_exports",
+        http.console_enabled => "http.console_enabled",
         log.format => "log.format",
     );
     merged.warnings = new.warnings;

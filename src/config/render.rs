@@ -94,6 +94,7 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                     "max_concurrent_exports",
                     s.http.max_concurrent_exports.to_string(),
                 ),
+                ("console_enabled", s.http.console_enabled.to_string()),
             ],
         ),
         (
