@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /v1/orgs/{org}/audit/events` | `{"events":[…],"next_cursor":…}`, newest first |
 //! | `GET /v1/orgs/{org}/audit/export` | the events as NDJSON or CSV, oldest first, streamed |
+//! | `GET /v1/orgs` | `{"organizations":[{"slug":…,"name":…}]}`: those whose audit log the token may read |
 //!
 //! Parameters are in [`crate::filters`]. Every request is checked in this order, and
 //! the first failure answers:
@@ -45,7 +46,7 @@ use crate::config::HttpSettings;
 use crate::db::query::{self, OrgRef};
 use crate::db::DbError;
 use crate::export::{self, Export, ExportActor, ExportError, ExportFormat, ListPage};
-use crate::filters::{ExportParams, Filters, ListParams, ParamError};
+use crate::filters::{self, ExportParams, Filters, ListParams, ParamError};
 use crate::http::auth::{self, AuthError, Caller};
 use crate::http::response::{self, Body, BodyError};
 use crate::sanitize::Sanitizer;
@@ -92,11 +93,13 @@ pub fn is_api_path(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// The two endpoints.
+/// The endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Events,
     Export,
+    /// `GET /v1/orgs`: no organization in the path.
+    Orgs,
 }
 
 impl Endpoint {
@@ -104,12 +107,17 @@ impl Endpoint {
         match self {
             Endpoint::Events => "events",
             Endpoint::Export => "export",
+            Endpoint::Orgs => "orgs",
         }
     }
 }
 
-/// `/v1/orgs/{org}/audit/{events|export}` → the organization and the endpoint.
+/// `/v1/orgs/{org}/audit/{events|export}` → the organization and the endpoint;
+/// `/v1/orgs` → an empty organization and [`Endpoint::Orgs`].
 fn parse_path(path: &str) -> Option<(&str, Endpoint)> {
+    if path == "/v1/orgs" {
+        return Some(("", Endpoint::Orgs));
+    }
     let rest = path.strip_prefix("/v1/orgs/")?;
     let (org, endpoint) = rest.split_once('/')?;
     let endpoint = match endpoint {
@@ -150,16 +158,43 @@ pub async fn handle<B>(api: &Api, request: Request<B>) -> Response<Body> {
         )
     } else {
         let query = parts.uri.query().unwrap_or("");
-        match authorized(api, &parts.headers, org).await {
-            Err(err) => err.into_response(),
-            Ok(caller) => match endpoint {
-                Endpoint::Events => list(api, org, query).await,
-                Endpoint::Export => export(api, org, query, caller, deadline).await,
-            },
+        match endpoint {
+            Endpoint::Orgs => organizations(api, &parts.headers, query).await,
+            Endpoint::Events | Endpoint::Export => {
+                match authorized(api, &parts.headers, org).await {
+                    Err(err) => err.into_response(),
+                    Ok(_) if endpoint == Endpoint::Events => list(api, org, query).await,
+                    Ok(caller) => export(api, org, query, caller, deadline).await,
+                }
+            }
         }
     };
     telemetry::request(endpoint.label(), response.status().as_u16());
     no_store(response)
+}
+
+/// `GET /v1/orgs`: the organizations whose audit log the caller may read, by slug. An
+/// empty list (not `403`) for a token that may read none: the token itself is valid.
+async fn organizations(api: &Api, headers: &hyper::HeaderMap, query: &str) -> Response<Body> {
+    let result = async {
+        let caller = auth::authenticate(&api.pool, headers).await?;
+        auth::readable_organizations(&api.pool, &caller).await
+    };
+    match result.await {
+        Err(err) => err.into_response(),
+        Ok(_) if !query.is_empty() => match filters::decode_query(query) {
+            Err(err) => invalid_parameter(&err),
+            Ok(pairs) => response::parameter_error(
+                "invalid_parameter",
+                "GET /v1/orgs takes no parameters",
+                pairs.first().map_or("", |(name, _)| name.as_str()),
+            ),
+        },
+        Ok(organizations) => response::json(
+            StatusCode::OK,
+            &serde_json::json!({ "organizations": organizations }),
+        ),
+    }
 }
 
 async fn authorized(api: &Api, headers: &hyper::HeaderMap, org: &str) -> Result<Caller, AuthError> {
@@ -498,10 +533,11 @@ mod tests {
             parse_path("/v1/orgs/acme-dev/audit/export"),
             Some(("acme-dev", Endpoint::Export))
         );
+        assert_eq!(parse_path("/v1/orgs"), Some(("", Endpoint::Orgs)));
         for other in [
             "/v1",
             "/v1/",
-            "/v1/orgs",
+            "/v1/orgs/",
             "/v1/orgs//audit/events",
             "/v1/orgs/acme-dev/audit/events/",
             "/v1/orgs/acme-dev/audit",
