@@ -716,6 +716,8 @@ async fn walk_through_the_page() {
         json!({"wide": false}),
         "no horizontal scrolling at 420 px"
     );
+    let narrow_shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("audit-page-narrow.png");
+    std::fs::write(&narrow_shot, browser.screenshot().await).expect("writing the screenshot");
     browser.window_size(1280, 900).await;
 
     // --- sign out; 401; 403 ------------------------------------------------------------
