@@ -837,6 +837,13 @@ async fn the_page_is_served_with_strict_headers_and_can_be_turned_off() {
     );
     assert_eq!(page.header("cache-control"), Some("no-store"));
     assert_eq!(server.get("/orgs/Not_A_Slug/audit", None).await.status, 404);
+    let head = server.request("HEAD", "/orgs/acme-dev/audit", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(page.body.len().to_string().as_str())
+    );
     let post = server.request("POST", "/orgs/acme-dev/audit", &[]).await;
     assert_eq!(post.status, 405);
     server.stop().await;

@@ -74,11 +74,8 @@ pub fn handle<B>(request: &Request<B>) -> Response<Body> {
         return response::error(StatusCode::NOT_FOUND, "not_found", "no such route");
     };
     let mut response = if request.method() == Method::GET || request.method() == Method::HEAD {
-        let mut response = Response::new(response::full(if request.method() == Method::HEAD {
-            ""
-        } else {
-            asset.body
-        }));
+        // hyper leaves the body out of a HEAD answer and keeps its length.
+        let mut response = Response::new(response::full(asset.body));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -90,15 +87,7 @@ pub fn handle<B>(request: &Request<B>) -> Response<Body> {
         );
         response
     } else {
-        let mut response = response::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "only GET is allowed on this route",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        response
+        response::method_not_allowed("GET, HEAD")
     };
     let headers = response.headers_mut();
     headers.insert(
