@@ -139,6 +139,8 @@ pub const ENV_HTTP_STATEMENT_TIMEOUT: &str = "COMPARTMENT_AUDIT_HTTP_STATEMENT_T
 pub const ENV_HTTP_MAX_AUTH_FAILURES: &str = "COMPARTMENT_AUDIT_HTTP_MAX_AUTH_FAILURES";
 /// `http.max_in_flight_requests`.
 pub const ENV_HTTP_MAX_IN_FLIGHT_REQUESTS: &str = "COMPARTMENT_AUDIT_HTTP_MAX_IN_FLIGHT_REQUESTS";
+/// `http.console_enabled`.
+pub const ENV_HTTP_CONSOLE_ENABLED: &str = "COMPARTMENT_AUDIT_HTTP_CONSOLE_ENABLED";
 /// `log.level`.
 pub const ENV_LOG_LEVEL: &str = "COMPARTMENT_AUDIT_LOG_LEVEL";
 /// `log.format`.
@@ -227,6 +229,7 @@ pub const ENV_NAMES: &[EnvName] = &[
         ENV_HTTP_MAX_IN_FLIGHT_REQUESTS,
         "http.max_in_flight_requests",
     ),
+    env(ENV_HTTP_CONSOLE_ENABLED, "http.console_enabled"),
     env(ENV_LOG_LEVEL, "log.level"),
     env(ENV_LOG_FORMAT, "log.format"),
 ];
@@ -440,6 +443,8 @@ pub struct HttpSettings {
     pub max_auth_failures: u32,
     /// `/v1` requests handled at once at most; more get `503`.
     pub max_in_flight_requests: usize,
+    /// Whether the browser page (`/`, `/orgs/{org}/audit`) is served.
+    pub console_enabled: bool,
 }
 
 /// Logging settings.
@@ -846,6 +851,7 @@ impl Settings {
                 statement_timeout: Duration::from_secs(30),
                 max_auth_failures: 30,
                 max_in_flight_requests: 64,
+                console_enabled: true,
             },
             log: LogSettings {
                 level: "info".into(),
@@ -1152,6 +1158,7 @@ struct RawHttp {
     statement_timeout: RawValue,
     max_auth_failures: RawValue,
     max_in_flight_requests: RawValue,
+    console_enabled: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1406,6 +1413,7 @@ impl Reader<'_> {
             count(1, 1_000_000));
         read!(self, "http", h, max_in_flight_requests => s.http.max_in_flight_requests,
             count(1, 100_000));
+        read!(self, "http", h, console_enabled => s.http.console_enabled, boolean);
         if s.http.max_query_bytes > s.http.max_header_bytes {
             let raw = h.max_query_bytes.as_ref();
             return Err(self.invalid(

@@ -14,7 +14,8 @@
 //! - [`filters`] parses and validates the list and export parameters, once for HTTP
 //!   and the command line; [`export`] encodes list and export responses (NDJSON, CSV)
 //!   under the row cap.
-//! - [`http`] serves `/healthz`, `/readyz`, `/metrics` and `/v1`.
+//! - [`http`] serves `/healthz`, `/readyz`, `/metrics`, `/v1` and the Audit logs page
+//!   in the browser (`/orgs/{org}/audit`, [`http::console`]).
 //! - [`config`] loads settings (defaults < file < environment); [`telemetry`] owns
 //!   every metric; [`cli`] is the command line.
 #![forbid(unsafe_code)]

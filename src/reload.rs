@@ -188,6 +188,7 @@ pub fn merge(
         http.statement_timeout => "http.statement_timeout",
         http.max_auth_failures => "http.max_auth_failures",
         http.max_in_flight_requests => "http.max_in_flight_requests",
+        http.console_enabled => "http.console_enabled",
         log.format => "log.format",
     );
     merged.warnings = new.warnings;

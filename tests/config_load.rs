@@ -443,6 +443,15 @@ const CASES: &[Case] = &[
         get: |s| dbg(s.http.max_in_flight_requests),
     },
     Case {
+        var: "COMPARTMENT_AUDIT_HTTP_CONSOLE_ENABLED",
+        key: "http.console_enabled",
+        file: "false",
+        file_expect: "false",
+        env: "on",
+        env_expect: "true",
+        get: |s| dbg(s.http.console_enabled),
+    },
+    Case {
         var: "COMPARTMENT_AUDIT_LOG_LEVEL",
         key: "log.level",
         file: r#""debug""#,

@@ -141,6 +141,7 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                     "max_in_flight_requests",
                     s.http.max_in_flight_requests.to_string(),
                 ),
+                ("console_enabled", s.http.console_enabled.to_string()),
             ],
         ),
         (

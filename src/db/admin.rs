@@ -1,7 +1,7 @@
 //! Administration of the reference schema: organizations and their audit retention
 //! setting, users, roles, API tokens — the library behind `org`, `user`, `role` and
-//! `token` (SPEC §10) — plus [`token_lookup`] and [`user_has_permission`], which the
-//! `/v1` API authorizes with.
+//! `token` (SPEC §10) — plus [`token_lookup`], [`user_has_permission`] and
+//! [`permitted_organizations`], which the `/v1` API authorizes with.
 //!
 //! Input is validated once, here at the edge ([`OrgSlug`], [`Email`], [`RoleName`],
 //! [`AuditRetention`], permissions, durations), and every write that can conflict
@@ -968,6 +968,15 @@ pub async fn token_lookup_on(
     }))
 }
 
+/// The organizations in which user `$1` holds permission `$2` through one of its role
+/// assignments: the one permission rule of [`user_has_permission`] and
+/// [`permitted_organizations`], so the two can never disagree.
+const PERMITTED_ORGANIZATIONS: &str = "SELECT o.slug, o.name
+     FROM role_assignments ra
+     JOIN roles r ON r.id = ra.role_id
+     JOIN organizations o ON o.id = ra.organization_id
+     WHERE ra.user_id = $1 AND $2 = ANY (r.permissions)";
+
 /// Whether the user holds `permission` in the organization `org_slug` through one of
 /// its role assignments. A user of another organization, an unknown organization and
 /// an unknown user all answer `false`.
@@ -990,17 +999,46 @@ pub async fn user_has_permission_on(
 ) -> Result<bool, DbError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (
-                 SELECT 1
-                 FROM role_assignments ra
-                 JOIN roles r ON r.id = ra.role_id
-                 JOIN organizations o ON o.id = ra.organization_id
-                 WHERE ra.user_id = $1 AND o.slug = $2 AND $3 = ANY (r.permissions)
-             )",
-            &[&user_id, &org_slug, &permission],
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM ({PERMITTED_ORGANIZATIONS}) p WHERE p.slug = $3)"
+            ),
+            &[&user_id, &permission, &org_slug],
         )
         .await?;
     Ok(row.try_get(0)?)
+}
+
+/// An organization as a caller may see it: its handle and display name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OrganizationName {
+    /// Its slug.
+    pub slug: String,
+    /// Its display name.
+    pub name: String,
+}
+
+/// The organizations in which the user holds `permission`, by slug. The reference
+/// schema gives a user roles in its own organization only; Compartment's own schema
+/// may let one user hold roles in several, and the same rule then lists them all.
+pub async fn permitted_organizations(
+    client: &impl tokio_postgres::GenericClient,
+    user_id: Uuid,
+    permission: &str,
+) -> Result<Vec<OrganizationName>, DbError> {
+    let rows = client
+        .query(
+            &format!("SELECT DISTINCT slug, name FROM ({PERMITTED_ORGANIZATIONS}) p ORDER BY slug"),
+            &[&user_id, &permission],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok::<_, DbError>(OrganizationName {
+                slug: row.try_get(0)?,
+                name: row.try_get(1)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

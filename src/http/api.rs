@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /v1/orgs/{org}/audit/events` | `{"events":[…],"next_cursor":…}`, newest first |
 //! | `GET /v1/orgs/{org}/audit/export` | the events as NDJSON or CSV, oldest first, streamed |
+//! | `GET /v1/orgs` | `{"organizations":[{"slug":…,"name":…}]}`: those whose audit log the token may read |
 //!
 //! Parameters are in [`crate::filters`]. Every request is checked in this order, and
 //! the first failure answers:
@@ -53,7 +54,7 @@ use crate::config::HttpSettings;
 use crate::db::api_session::{ApiPool, ApiSession};
 use crate::db::query::{self, OrgRef};
 use crate::export::{self, Export, ExportActor, ExportError, ExportFormat, ListPage};
-use crate::filters::{ExportParams, Filters, ListParams, ParamError};
+use crate::filters::{self, ExportParams, Filters, ListParams, ParamError};
 use crate::http::auth::{self, AuthError, Caller};
 use crate::http::auth_limit::AuthLimiter;
 use crate::http::response::{self, Body, BodyError};
@@ -114,11 +115,13 @@ pub fn is_api_path(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// The two endpoints.
+/// The endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Events,
     Export,
+    /// `GET /v1/orgs`: no organization in the path.
+    Orgs,
 }
 
 impl Endpoint {
@@ -126,12 +129,17 @@ impl Endpoint {
         match self {
             Endpoint::Events => "events",
             Endpoint::Export => "export",
+            Endpoint::Orgs => "orgs",
         }
     }
 }
 
-/// `/v1/orgs/{org}/audit/{events|export}` → the organization and the endpoint.
+/// `/v1/orgs/{org}/audit/{events|export}` → the organization and the endpoint;
+/// `/v1/orgs` → an empty organization and [`Endpoint::Orgs`].
 fn parse_path(path: &str) -> Option<(&str, Endpoint)> {
+    if path == "/v1/orgs" {
+        return Some(("", Endpoint::Orgs));
+    }
     let rest = path.strip_prefix("/v1/orgs/")?;
     let (org, endpoint) = rest.split_once('/')?;
     let endpoint = match endpoint {
@@ -240,6 +248,17 @@ async fn answer(api: &Api, request: ApiRequest<'_>) -> Response<Body> {
         Ok(session) => session,
         Err(err) => return auth::database_error(&err),
     };
+    if request.endpoint == Endpoint::Orgs {
+        let response = match auth::authenticate(session.client(), token).await {
+            Ok(caller) => organizations(&session, &caller, request.query).await,
+            Err(err) => {
+                session.release();
+                return refused(err);
+            }
+        };
+        session.release();
+        return response;
+    }
     let caller = match authorized(&session, token, request.org).await {
         Ok(caller) => caller,
         Err(err) => {
@@ -262,6 +281,27 @@ async fn answer(api: &Api, request: ApiRequest<'_>) -> Response<Body> {
             };
             self::export(api, session, in_flight, export).await
         }
+        Endpoint::Orgs => unreachable!("answered above"),
+    }
+}
+
+/// `GET /v1/orgs`: the organizations whose audit log the caller may read, by slug. An
+/// empty list (not `403`) for a token that may read none: the token itself is valid.
+async fn organizations(session: &ApiSession, caller: &Caller, query: &str) -> Response<Body> {
+    match auth::readable_organizations(session.client(), caller).await {
+        Err(err) => err.into_response(),
+        Ok(_) if !query.is_empty() => match filters::decode_query(query) {
+            Err(err) => invalid_parameter(&err),
+            Ok(pairs) => response::parameter_error(
+                "invalid_parameter",
+                "GET /v1/orgs takes no parameters",
+                pairs.first().map_or("", |(name, _)| name.as_str()),
+            ),
+        },
+        Ok(organizations) => response::json(
+            StatusCode::OK,
+            &serde_json::json!({ "organizations": organizations }),
+        ),
     }
 }
 
@@ -636,10 +676,11 @@ mod tests {
             parse_path("/v1/orgs/acme-dev/audit/export"),
             Some(("acme-dev", Endpoint::Export))
         );
+        assert_eq!(parse_path("/v1/orgs"), Some(("", Endpoint::Orgs)));
         for other in [
             "/v1",
             "/v1/",
-            "/v1/orgs",
+            "/v1/orgs/",
             "/v1/orgs//audit/events",
             "/v1/orgs/acme-dev/audit/events/",
             "/v1/orgs/acme-dev/audit",

@@ -10,6 +10,8 @@
 //!    ([`admin::user_has_permission_on`]). Otherwise `403` — the same answer, word for
 //!    word, whether the organization exists or not, so the API cannot be used to
 //!    probe for organization names.
+//! 3. [`readable_organizations`]: the organizations in which the token's user holds
+//!    that permission, by the same rule (`GET /v1/orgs`).
 //!
 //! The token never reaches a log line, a metric or an error; the token id may.
 
@@ -18,7 +20,7 @@ use hyper::{Response, StatusCode};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use crate::db::admin::{self, PERMISSION_AUDIT_READ};
+use crate::db::admin::{self, OrganizationName, PERMISSION_AUDIT_READ};
 use crate::db::DbError;
 use crate::http::response::{self, Body};
 use crate::telemetry::api::{self as telemetry, AuthFailure};
@@ -206,6 +208,14 @@ pub async fn authorize(
             token_id: caller.token_id,
         })
     }
+}
+
+/// The organizations whose audit log `caller` may read (the rule of [`authorize`]).
+pub async fn readable_organizations(
+    client: &impl tokio_postgres::GenericClient,
+    caller: &Caller,
+) -> Result<Vec<OrganizationName>, AuthError> {
+    Ok(admin::permitted_organizations(client, caller.user_id, PERMISSION_AUDIT_READ).await?)
 }
 
 #[cfg(test)]

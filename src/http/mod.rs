@@ -7,6 +7,8 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/orgs/{org}/audit/events` | the audit-event list ([`api`]) |
 //! | `GET /v1/orgs/{org}/audit/export` | the audit-event export ([`api`]) |
+//! | `GET /v1/orgs` | the organizations whose audit log the token may read ([`api`]) |
+//! | `GET /`, `GET /orgs/{org}/audit`, `/assets/…` | the Audit logs page ([`console`]), unless `http.console_enabled` is off |
 //! | anything else | `404` (`405` for a known path with another method), JSON error |
 //!
 //! Errors are `{"error":{"code":"…","message":"…"}}`. The server listens on loopback
@@ -16,6 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod auth_limit;
+pub mod console;
 pub mod response;
 pub mod routes;
 pub mod server;

@@ -75,3 +75,16 @@ pub fn parameter_error(code: &str, message: &str, parameter: &str) -> Response<B
         },
     )
 }
+
+/// `405` with the `Allow` header, for a known path asked with another method.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "only GET is allowed on this route",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
+}

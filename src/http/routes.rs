@@ -1,16 +1,20 @@
-//! Routing: health, readiness, metrics; `/v1` is handed to the API.
+//! Routing: health, readiness, metrics; `/v1` is handed to the API, the browser
+//! page's routes to the console (unless `http.console_enabled` is off).
 
 use hyper::{header, Method, Request, Response, StatusCode};
 
-use crate::http::api;
 use crate::http::response::{self, Body};
 use crate::http::server::AppState;
+use crate::http::{api, console};
 use crate::telemetry;
 
 /// Answers one request.
 pub async fn route<B>(state: &AppState, request: Request<B>) -> Response<Body> {
     if api::is_api_path(request.uri().path()) {
         return api::handle(&state.api, request).await;
+    }
+    if state.http.console_enabled && console::is_console_path(request.uri().path()) {
+        return console::handle(&request);
     }
     let path = request.uri().path();
     let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
