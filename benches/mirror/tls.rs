@@ -121,7 +121,7 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         ("plaintext", &plain_url, &[][..]),
         ("verify-full", &tls_url, &tls_env[..]),
     ] {
-        lives.push(live_once(ctx, config, side, url, &url_for_writers(&url), env).await?);
+        lives.push(live_once(ctx, config, side, url, &url_for_writers(url), env).await?);
     }
     drop(client);
 
