@@ -52,6 +52,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "retention_state",
         sql: include_str!("../../migrations/0003_retention_state.sql"),
     },
+    // 0004 is harden-a's (immutable audit rows); the lead orders them on merge.
+    Migration {
+        version: 5,
+        name: "sink_leases",
+        sql: include_str!("../../migrations/0005_sink_leases.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migrations across processes ("cad-migr" in ASCII,

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod backoff;
 pub mod cursor;
 pub mod json;
+pub mod lease;
 pub mod listener;
 pub mod migrate;
 pub mod query;
