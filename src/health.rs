@@ -26,6 +26,8 @@ struct Check {
     last_beat: Option<Instant>,
     /// Fail when no beat came for this long.
     stale_after: Option<Duration>,
+    /// Extra fields shown with the check (the leadership's role and leader).
+    details: BTreeMap<&'static str, String>,
 }
 
 /// One check in a readiness report.
@@ -36,6 +38,9 @@ pub struct CheckReport {
     /// Why it fails (absent when ok).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Extra fields of the check, e.g. `role` and `leader` of the leadership check.
+    #[serde(flatten)]
+    pub details: BTreeMap<&'static str, String>,
 }
 
 /// The whole readiness answer.
@@ -69,6 +74,7 @@ impl Health {
                     failure: Some(message.to_string()),
                     last_beat: None,
                     stale_after: None,
+                    details: BTreeMap::new(),
                 },
             );
         });
@@ -81,9 +87,19 @@ impl Health {
                 failure: None,
                 last_beat: None,
                 stale_after: None,
+                details: BTreeMap::new(),
             });
             check.stale_after = Some(stale_after);
             check.last_beat = Some(Instant::now());
+        });
+    }
+
+    /// Stops expecting beats of `name` (its loop stopped on purpose, e.g. a standby).
+    pub fn stop_beats(&self, name: &'static str) {
+        self.with(|checks| {
+            if let Some(check) = checks.get_mut(name) {
+                check.stale_after = None;
+            }
         });
     }
 
@@ -101,6 +117,20 @@ impl Health {
         self.set(name, None);
     }
 
+    /// Marks `name` as passing and shows `details` with it (replacing earlier ones).
+    pub fn set_ok_with(&self, name: &'static str, details: Vec<(&'static str, String)>) {
+        self.with(|checks| {
+            let check = checks.entry(name).or_insert(Check {
+                failure: None,
+                last_beat: None,
+                stale_after: None,
+                details: BTreeMap::new(),
+            });
+            check.failure = None;
+            check.details = details.into_iter().collect();
+        });
+    }
+
     /// Marks `name` as failing, with a reason safe to show (no secrets).
     pub fn set_failing(&self, name: &'static str, message: impl Into<String>) {
         self.set(name, Some(message.into()));
@@ -112,6 +142,7 @@ impl Health {
                 failure: None,
                 last_beat: None,
                 stale_after: None,
+                details: BTreeMap::new(),
             });
             check.failure = failure;
         });
@@ -174,6 +205,7 @@ impl Check {
             return CheckReport {
                 status: "failing",
                 message: Some(message.clone()),
+                details: self.details.clone(),
             };
         }
         if let (true, Some(stale_after), Some(last)) =
@@ -187,11 +219,13 @@ impl Check {
                     quiet.as_secs(),
                     stale_after.as_secs()
                 )),
+                details: self.details.clone(),
             };
         }
         CheckReport {
             status: "ok",
             message: None,
+            details: self.details.clone(),
         }
     }
 }
