@@ -80,6 +80,12 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
             system_identifier: state_system_identifier,
             baseline: position,
             baseline_last_line_sha256: recovery.last_line.as_deref().map(sha256_hex),
+            // Keeps the directory's identity in its sink group.
+            instance: recovery
+                .state
+                .as_ref()
+                .and_then(|s| serde_json::from_value::<SinkState>(s.clone()).ok())
+                .and_then(|s| s.instance),
         };
         sink.write_state(&serde_json::to_value(&state)?)?;
         sink.close()?;
