@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod fsync_fault;
+pub mod replicas;
 pub mod tmpfs;
 pub mod writers;
 
