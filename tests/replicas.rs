@@ -288,3 +288,115 @@ async fn terminated_sessions_and_a_postgres_restart_leave_one_leader_and_lose_no
     }
     stop_and_check(&mut group, writers, 2, started.elapsed().as_secs_f64()).await;
 }
+
+async fn insert_n(url: &str, org: uuid::Uuid, n: i32) {
+    writers::execute(
+        url,
+        &format!(
+            "INSERT INTO audit_events (organization_id, event_type, actor_type, actor_id) \
+             SELECT '{org}', 'organization.user.invited', 'user', 'usr_' || g \
+             FROM generate_series(1, {n}) g"
+        ),
+    )
+    .await;
+}
+
+/// Issue 20 A4: a directory whose files end before the position it published itself
+/// (its log files deleted with the state file kept, or the directory restored from an
+/// older backup) resumes after the published position, not from its baseline or its
+/// old last line, and says so in the log and a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_behind_its_own_published_position_resumes_after_it_and_reports_the_loss() {
+    let db = common::TestDb::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let org = writers::create_org(db.url(), "acme-a4").await;
+    let mut group = Group::new(db.url(), root.path());
+    let i = group.spawn("solo");
+    let dir = group.replicas[i].dir.clone();
+    assert!(
+        group.replicas[i]
+            .daemon
+            .as_ref()
+            .unwrap()
+            .wait_ready(Duration::from_secs(30))
+            .await
+    );
+
+    insert_n(db.url(), org, 10).await;
+    assert!(support::wait_for_lines(&dir, 10, Duration::from_secs(30)).await);
+    // A backup of the directory now, with ten lines.
+    let backup = root.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::copy(entry.path(), backup.join(entry.file_name())).unwrap();
+    }
+    insert_n(db.url(), org, 10).await;
+    assert!(support::wait_for_lines(&dir, 20, Duration::from_secs(30)).await);
+    assert!(group.reap(i).unwrap().success());
+    let written = support::read_sink_ids(&dir);
+
+    // Restored from the older backup: lines 11-20 are gone from the directory.
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::remove_file(entry.path()).unwrap();
+    }
+    for entry in std::fs::read_dir(&backup).unwrap().flatten() {
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    group.restart(i);
+    let daemon = group.replicas[i].daemon.as_ref().unwrap();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "{}",
+        daemon.log_text()
+    );
+    insert_n(db.url(), org, 5).await;
+    assert!(
+        support::wait_for_lines(&dir, 15, Duration::from_secs(30)).await,
+        "{}",
+        daemon.log_text()
+    );
+    let ids = support::read_sink_ids(&dir);
+    assert_eq!(ids[..10], written[..10]);
+    assert!(
+        ids[10] > written[19],
+        "resumed before the published position: {ids:?}"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("files end before the position it published"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        daemon.metric("compartment_audit_mirror_resumed_behind_group_total{reason=\"lines_lost\"}"),
+        Some(1.0)
+    );
+    assert!(group.reap(i).unwrap().success());
+
+    // The state file kept, every log file deleted: not back to the baseline either.
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.file_name() != ".audit-state.json" && entry.file_name() != ".audit.lock" {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    group.restart(i);
+    let daemon = group.replicas[i].daemon.as_ref().unwrap();
+    assert!(
+        daemon.wait_ready(Duration::from_secs(30)).await,
+        "{}",
+        daemon.log_text()
+    );
+    insert_n(db.url(), org, 3).await;
+    assert!(
+        support::wait_for_lines(&dir, 3, Duration::from_secs(30)).await,
+        "{}",
+        daemon.log_text()
+    );
+    let after = support::read_sink_ids(&dir);
+    assert!(after[0] > ids[14], "rewound: {after:?}");
+    assert_eq!(
+        daemon.metric("compartment_audit_mirror_resumed_behind_group_total{reason=\"lines_lost\"}"),
+        Some(1.0)
+    );
+}
