@@ -296,8 +296,9 @@ pub struct FileSinkSettings {
     /// `id`), so that retention never deletes what it has not written; distinct per
     /// sink directory when several daemons mirror one database.
     pub sink_id: String,
-    /// This replica's name in its sink group (logs, `/readyz`, the lease row); the
-    /// host name by default (the pod name in Kubernetes).
+    /// This replica's name in its sink group (logs, `/readyz`, the lease row); empty
+    /// (the default) means the host name, the pod name in Kubernetes
+    /// ([`FileSinkSettings::replica_name`]).
     pub replica_name: String,
     /// How long the group waits for a silent leader before a standby takes over.
     pub lease_timeout: Duration,
@@ -713,7 +714,7 @@ impl Settings {
                 compress_delay: Duration::from_secs(30),
                 allow_group_bits: false,
                 sink_id: "default".into(),
-                replica_name: default_replica_name(),
+                replica_name: String::new(),
                 lease_timeout: Duration::from_secs(10),
                 group_stall_after: Duration::from_secs(300),
             },
@@ -1457,10 +1458,10 @@ fn sink_id(value: &Value) -> Result<String, String> {
 }
 
 fn replica_name(value: &Value) -> Result<String, String> {
-    const ACCEPTED: &str =
-        "expected 1 to 253 characters of letters, digits, '.', '_' or '-', such as a pod or host name";
+    const ACCEPTED: &str = "expected up to 253 characters of letters, digits, '.', '_' or '-', \
+         such as a pod or host name (empty: the host name)";
     let text = string(value, ACCEPTED)?;
-    if valid_replica_name(&text) {
+    if text.is_empty() || valid_replica_name(&text) {
         Ok(text)
     } else {
         Err(ACCEPTED.into())
@@ -1475,9 +1476,20 @@ fn valid_replica_name(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+impl FileSinkSettings {
+    /// The replica name in effect: the configured one, else the host name.
+    pub fn replica_name(&self) -> String {
+        if self.replica_name.is_empty() {
+            host_name()
+        } else {
+            self.replica_name.clone()
+        }
+    }
+}
+
 /// The host name (the pod name in Kubernetes), or `replica` when it is not readable
 /// or not a valid replica name.
-fn default_replica_name() -> String {
+fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

@@ -298,7 +298,7 @@ impl Mirror {
             },
         };
         let me = Candidate {
-            name: self.sink_settings.replica_name.clone(),
+            name: self.sink_settings.replica_name(),
             instance: uuid::Uuid::new_v4(),
             sink: stored
                 .as_ref()
