@@ -184,7 +184,9 @@ pub enum Published {
 }
 
 /// Publishes the group's durable position under `epoch`, only while the lease is
-/// still at that epoch and ours, and never over a publication of a later epoch. The
+/// still at that epoch and ours, and never over a publication of a later epoch; only
+/// forward unless `back` (a directory that lost lines holds retention back while it
+/// writes them again). The
 /// lease row is locked (shared) by the same statement, so a takeover either commits
 /// before (and this publishes nothing) or waits for it.
 pub async fn publish(
@@ -194,6 +196,7 @@ pub async fn publish(
     position: Position,
     me: &Candidate,
     epoch: i64,
+    back: bool,
 ) -> Result<Published, DbError> {
     let row = client
         .query_one(
@@ -210,7 +213,7 @@ pub async fn publish(
                      tx = excluded.tx, event_id = excluded.event_id, updated_at = now(), \
                      epoch = excluded.epoch, sink_instance = excluded.sink_instance \
                  WHERE audit_sink_positions.epoch <= excluded.epoch \
-                   AND (audit_sink_positions.system_identifier IS DISTINCT FROM excluded.system_identifier \
+                   AND ($8 OR audit_sink_positions.system_identifier IS DISTINCT FROM excluded.system_identifier \
                         OR (audit_sink_positions.tx, audit_sink_positions.event_id) \
                            <= (excluded.tx, excluded.event_id)) \
                  RETURNING 1 \
@@ -224,6 +227,7 @@ pub async fn publish(
                 &epoch,
                 &me.instance,
                 &me.sink,
+                &back,
             ],
         )
         .await?;

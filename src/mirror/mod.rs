@@ -615,6 +615,8 @@ impl Mirror {
             .is_some_and(|g| g.sink_instance.is_some_and(|s| s != term.me.sink));
 
         let mut own = stored.as_ref().map(|s| s.baseline);
+        let mut from_line = false;
+        let mut back = false;
         if let Some(line) = last_line {
             let ignored = stored
                 .as_ref()
@@ -634,6 +636,7 @@ impl Mirror {
                     },
                 };
                 if let Some(at) = at {
+                    from_line = own.is_none_or(|p| at > p);
                     own = Some(own.map_or(at, |p| p.max(at)));
                 }
             }
@@ -649,19 +652,37 @@ impl Mirror {
                         "Taking over the sink group: this directory's files end before the group's \
                          published position, which other replicas wrote; resuming after it"
                     );
-                } else {
+                    g.position
+                } else if from_line {
+                    // Lines this directory had published are gone from it (a file
+                    // removed, or the directory restored from an older backup): write
+                    // them again from the database, and say that any retention has
+                    // deleted since cannot come back.
                     telemetry::leader::resumed_behind("lines_lost");
                     tracing::error!(
                         own = %own,
                         published = %g.position,
-                        "This sink directory's files end before the position it published: the lines \
-                         in between were lost from it (log files deleted, or the directory restored \
-                         from an older backup). Resuming after the published position; those events \
-                         are not written here again, and any retention has deleted since are gone \
-                         from the database too (export them from another copy if needed)"
+                        "This sink directory's files end before the position it published: lines \
+                         were lost from it (a file removed, or the directory restored from an older \
+                         backup). Writing the events in between again from the database; any that \
+                         retention has deleted since are gone from this directory for good (collect \
+                         them from another copy)"
                     );
+                    back = true;
+                    own
+                } else {
+                    // Only the baseline is left (the state file kept, every log file
+                    // gone): not back to the baseline, but after what was published.
+                    telemetry::leader::resumed_behind("lines_lost");
+                    tracing::error!(
+                        baseline = %own,
+                        published = %g.position,
+                        "This sink directory's files end before the position it published: its log \
+                         files were deleted and only the state file is left. Resuming after the \
+                         published position; the events before it are not written here again"
+                    );
+                    g.position
                 }
-                g.position
             }
             (Some(own), _) => own,
             (None, Some(g)) => {
@@ -708,6 +729,7 @@ impl Mirror {
             position,
             &term.me,
             term.epoch,
+            back,
         )
         .await?
         {
@@ -1054,6 +1076,7 @@ impl Mirror {
                 state.durable,
                 &term.me,
                 term.epoch,
+                false,
             )
             .await
             .map_err(MirrorError::from),
