@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::writers::Writers;
 use super::{read_sink_ids, wait_for, Daemon, DaemonConfig};
 
 /// The lease timeout the group runs with: short, so a test sees several takeovers in
@@ -373,4 +374,55 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// Waits for the writers' events to reach the group and checks the union.
+pub async fn stop_and_check(
+    group: &mut Group,
+    writers: Writers,
+    takeovers: usize,
+    seconds: f64,
+) -> Union {
+    let stats = writers.stop().await;
+    assert!(stats.commits.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let committed = super::writers::committed_ids(&group.url).await;
+    assert!(
+        group
+            .wait_for_union(&committed, Duration::from_secs(60))
+            .await,
+        "the replicas' directories never held every committed event\n{}",
+        group.logs()
+    );
+    let overlaps = group.stop_sampling();
+    let union = Union::of(&committed, &group.dirs());
+    println!("{}", union.summary(committed.len(), takeovers));
+    println!("replicas: samples with two directories growing at once: {overlaps}");
+    assert!(union.missing.is_empty(), "missing {:?}", union.missing);
+    assert!(
+        union.unexpected.is_empty(),
+        "never committed: {:?}",
+        union.unexpected
+    );
+    assert!(
+        union.duplicated_within.is_empty(),
+        "one directory holds an event twice: {:?}",
+        union.duplicated_within
+    );
+    // One appender at a time: at a handover the old leader's last write and the new
+    // one's first may fall into one 5 ms sample, never more often than that.
+    assert!(
+        overlaps <= takeovers,
+        "two directories grew at once in {overlaps} samples ({takeovers} takeovers)\n{}",
+        group.logs()
+    );
+    // Re-writes are what the old leader appended after its last publication: at most
+    // a publication interval (1 s) of events plus the batch in hand.
+    let rate = committed.len() as f64 / seconds.max(1.0);
+    let bound = (rate * 2.0) as usize + 200;
+    assert!(
+        union.max_handover_duplicates <= bound,
+        "{} events written twice at one handover (bound {bound})",
+        union.max_handover_duplicates
+    );
+    union
 }
