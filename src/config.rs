@@ -97,6 +97,12 @@ pub const ENV_FILE_SINK_COMPRESS_DELAY: &str = "COMPARTMENT_AUDIT_FILE_SINK_COMP
 pub const ENV_FILE_SINK_ID: &str = "COMPARTMENT_AUDIT_FILE_SINK_ID";
 /// `file_sink.allow_group_bits`.
 pub const ENV_FILE_SINK_ALLOW_GROUP_BITS: &str = "COMPARTMENT_AUDIT_FILE_SINK_ALLOW_GROUP_BITS";
+/// `file_sink.replica_name`.
+pub const ENV_REPLICA_NAME: &str = "COMPARTMENT_AUDIT_REPLICA_NAME";
+/// `file_sink.lease_timeout`.
+pub const ENV_FILE_SINK_LEASE_TIMEOUT: &str = "COMPARTMENT_AUDIT_FILE_SINK_LEASE_TIMEOUT";
+/// `file_sink.group_stall_after`.
+pub const ENV_FILE_SINK_GROUP_STALL_AFTER: &str = "COMPARTMENT_AUDIT_FILE_SINK_GROUP_STALL_AFTER";
 /// `mirror.batch_size`.
 pub const ENV_MIRROR_BATCH_SIZE: &str = "COMPARTMENT_AUDIT_MIRROR_BATCH_SIZE";
 /// `mirror.poll_interval`.
@@ -188,6 +194,12 @@ pub const ENV_NAMES: &[EnvName] = &[
     env(ENV_FILE_SINK_COMPRESS_DELAY, "file_sink.compress_delay"),
     env(ENV_FILE_SINK_ALLOW_GROUP_BITS, "file_sink.allow_group_bits"),
     env(ENV_FILE_SINK_ID, "file_sink.id"),
+    env(ENV_REPLICA_NAME, "file_sink.replica_name"),
+    env(ENV_FILE_SINK_LEASE_TIMEOUT, "file_sink.lease_timeout"),
+    env(
+        ENV_FILE_SINK_GROUP_STALL_AFTER,
+        "file_sink.group_stall_after",
+    ),
     env(ENV_MIRROR_BATCH_SIZE, "mirror.batch_size"),
     env(ENV_MIRROR_POLL_INTERVAL, "mirror.poll_interval"),
     env(
@@ -386,6 +398,14 @@ pub struct FileSinkSettings {
     /// `id`), so that retention never deletes what it has not written; distinct per
     /// sink directory when several daemons mirror one database.
     pub sink_id: String,
+    /// This replica's name in its sink group (logs, `/readyz`, the lease row); empty
+    /// (the default) means the host name, the pod name in Kubernetes
+    /// ([`FileSinkSettings::replica_name`]).
+    pub replica_name: String,
+    /// How long the group waits for a silent leader before a standby takes over.
+    pub lease_timeout: Duration,
+    /// A group position that has not moved this long while events wait is reported.
+    pub group_stall_after: Duration,
 }
 
 /// Mirror (database → sink) settings.
@@ -824,6 +844,9 @@ impl Settings {
                 compress_delay: Duration::from_secs(30),
                 allow_group_bits: false,
                 sink_id: "default".into(),
+                replica_name: String::new(),
+                lease_timeout: Duration::from_secs(10),
+                group_stall_after: Duration::from_secs(300),
             },
             mirror: MirrorSettings {
                 batch_size: 1000,
@@ -1123,6 +1146,9 @@ struct RawFileSink {
     compress_delay: RawValue,
     allow_group_bits: RawValue,
     id: RawValue,
+    replica_name: RawValue,
+    lease_timeout: RawValue,
+    group_stall_after: RawValue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1370,6 +1396,11 @@ impl Reader<'_> {
             duration(Duration::ZERO, days(7)));
         read!(self, "file_sink", fs, allow_group_bits => s.file_sink.allow_group_bits, boolean);
         read!(self, "file_sink", fs, id => s.file_sink.sink_id, sink_id);
+        read!(self, "file_sink", fs, replica_name => s.file_sink.replica_name, replica_name);
+        read!(self, "file_sink", fs, lease_timeout => s.file_sink.lease_timeout,
+            duration(ms(500), hours(1)));
+        read!(self, "file_sink", fs, group_stall_after => s.file_sink.group_stall_after,
+            duration(secs(1), days(7)));
 
         let m = &raw.mirror;
         read!(self, "mirror", m, batch_size => s.mirror.batch_size, count(1, 100_000));
@@ -1685,6 +1716,46 @@ fn sink_id(value: &Value) -> Result<String, String> {
     } else {
         Err(ACCEPTED.into())
     }
+}
+
+fn replica_name(value: &Value) -> Result<String, String> {
+    const ACCEPTED: &str = "expected up to 253 characters of letters, digits, '.', '_' or '-', \
+         such as a pod or host name (empty: the host name)";
+    let text = string(value, ACCEPTED)?;
+    if text.is_empty() || valid_replica_name(&text) {
+        Ok(text)
+    } else {
+        Err(ACCEPTED.into())
+    }
+}
+
+fn valid_replica_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl FileSinkSettings {
+    /// The replica name in effect: the configured one, else the host name.
+    pub fn replica_name(&self) -> String {
+        if self.replica_name.is_empty() {
+            host_name()
+        } else {
+            self.replica_name.clone()
+        }
+    }
+}
+
+/// The host name (the pod name in Kubernetes), or `replica` when it is not readable
+/// or not a valid replica name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_replica_name(h))
+        .unwrap_or_else(|| "replica".to_string())
 }
 
 fn absolute_path(value: &Value) -> Result<PathBuf, String> {

@@ -297,9 +297,10 @@ impl MirrorStart {
 async fn notify_ready(mut phase: watch::Receiver<Phase>, shutdown: CancellationToken) {
     let status = tokio::select! {
         _ = shutdown.cancelled() => return,
-        seen = phase.wait_for(|p| matches!(p, Phase::CaughtUp | Phase::Halted(_))) => match seen {
+        seen = phase.wait_for(|p| matches!(p, Phase::CaughtUp | Phase::Halted(_) | Phase::Standby)) => match seen {
             Ok(p) => match &*p {
                 Phase::Halted(reason) => format!("Mirroring halted: {reason}"),
+                Phase::Standby => "Standing by: another replica of the sink group mirrors".to_string(),
                 _ => "Caught up; mirroring audit events".to_string(),
             },
             Err(_) => return,

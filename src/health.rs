@@ -30,6 +30,8 @@ struct Check {
     last_beat: Option<Instant>,
     /// Fail when no beat came for this long.
     stale_after: Option<Duration>,
+    /// Extra fields shown with the check (the leadership's role and leader).
+    details: BTreeMap<&'static str, String>,
 }
 
 /// One check in a readiness report.
@@ -40,6 +42,9 @@ pub struct CheckReport {
     /// Why it fails (absent when ok).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Extra fields of the check, e.g. `role` and `leader` of the leadership check.
+    #[serde(flatten)]
+    pub details: BTreeMap<&'static str, String>,
 }
 
 /// The whole readiness answer.
@@ -74,6 +79,7 @@ impl Health {
                     degraded: None,
                     last_beat: None,
                     stale_after: None,
+                    details: BTreeMap::new(),
                 },
             );
         });
@@ -87,9 +93,19 @@ impl Health {
                 degraded: None,
                 last_beat: None,
                 stale_after: None,
+                details: BTreeMap::new(),
             });
             check.stale_after = Some(stale_after);
             check.last_beat = Some(Instant::now());
+        });
+    }
+
+    /// Stops expecting beats of `name` (its loop stopped on purpose, e.g. a standby).
+    pub fn stop_beats(&self, name: &'static str) {
+        self.with(|checks| {
+            if let Some(check) = checks.get_mut(name) {
+                check.stale_after = None;
+            }
         });
     }
 
@@ -116,9 +132,26 @@ impl Health {
                 degraded: None,
                 last_beat: None,
                 stale_after: None,
+                details: BTreeMap::new(),
             });
             check.failure = None;
             check.degraded = Some(message);
+        });
+    }
+
+    /// Marks `name` as passing and shows `details` with it (replacing earlier ones).
+    pub fn set_ok_with(&self, name: &'static str, details: Vec<(&'static str, String)>) {
+        self.with(|checks| {
+            let check = checks.entry(name).or_insert(Check {
+                failure: None,
+                degraded: None,
+                last_beat: None,
+                stale_after: None,
+                details: BTreeMap::new(),
+            });
+            check.failure = None;
+            check.degraded = None;
+            check.details = details.into_iter().collect();
         });
     }
 
@@ -134,6 +167,7 @@ impl Health {
                 degraded: None,
                 last_beat: None,
                 stale_after: None,
+                details: BTreeMap::new(),
             });
             check.failure = failure;
             check.degraded = None;
@@ -202,6 +236,7 @@ impl Check {
             return CheckReport {
                 status: "failing",
                 message: Some(message.clone()),
+                details: self.details.clone(),
             };
         }
         if let (true, Some(stale_after), Some(last)) =
@@ -215,17 +250,20 @@ impl Check {
                     quiet.as_secs(),
                     stale_after.as_secs()
                 )),
+                details: self.details.clone(),
             };
         }
         if let Some(message) = &self.degraded {
             return CheckReport {
                 status: "degraded",
                 message: Some(message.clone()),
+                details: self.details.clone(),
             };
         }
         CheckReport {
             status: "ok",
             message: None,
+            details: self.details.clone(),
         }
     }
 }

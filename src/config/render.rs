@@ -85,6 +85,9 @@ pub(super) fn to_toml_redacted(s: &Settings) -> String {
                 ("compress_delay", duration(s.file_sink.compress_delay)),
                 ("allow_group_bits", s.file_sink.allow_group_bits.to_string()),
                 ("id", quoted(&s.file_sink.sink_id)),
+                ("replica_name", quoted(&s.file_sink.replica_name)),
+                ("lease_timeout", duration(s.file_sink.lease_timeout)),
+                ("group_stall_after", duration(s.file_sink.group_stall_after)),
             ],
         ),
         (

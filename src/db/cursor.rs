@@ -375,7 +375,7 @@ pub async fn published_position(
     }))
 }
 
-fn parse_xid8(text: &str) -> Result<u64, DbError> {
+pub(crate) fn parse_xid8(text: &str) -> Result<u64, DbError> {
     text.parse().map_err(|_| DbError::Data {
         reason: format!("not an xid8: {text:?}"),
     })

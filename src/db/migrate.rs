@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_rows_immutable",
         sql: include_str!("../../migrations/0004_audit_rows_immutable.sql"),
     },
+    Migration {
+        version: 5,
+        name: "sink_leases",
+        sql: include_str!("../../migrations/0005_sink_leases.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migrations across processes ("cad-migr" in ASCII,

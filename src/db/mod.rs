@@ -26,6 +26,7 @@ pub mod connect;
 pub mod conninfo;
 pub mod cursor;
 pub mod json;
+pub mod lease;
 pub mod listener;
 pub mod migrate;
 pub mod passfile;

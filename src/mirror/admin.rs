@@ -85,6 +85,12 @@ pub async fn rebaseline(settings: &Settings, args: &RebaselineArgs) -> anyhow::R
             database_oid: Some(database.database_oid),
             database_name: Some(database.database_name),
             timeline: Some(database.timeline),
+            // Keeps the directory's identity in its sink group.
+            instance: recovery
+                .state
+                .as_ref()
+                .and_then(|s| serde_json::from_value::<SinkState>(s.clone()).ok())
+                .and_then(|s| s.instance),
         };
         sink.write_state(&serde_json::to_value(&state)?)?;
         sink.close()?;

@@ -163,6 +163,7 @@ mod tests {
             database_oid: Some(16384),
             database_name: Some("compartment".into()),
             timeline: Some(1),
+            instance: None,
         }
     }
 

@@ -29,6 +29,7 @@
 pub mod admin;
 mod commit;
 mod identity;
+pub mod leader;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,12 +42,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FileSinkSettings, FsyncPolicy, MirrorSettings, Settings, StartFrom};
 use crate::db::cursor::{self, Batch, Position};
+use crate::db::lease::{self, Candidate, Published};
 use crate::db::listener::Doorbell;
 use crate::db::DbError;
 use crate::health::Health;
 use crate::sanitize::Sanitizer;
 use crate::sink::{FileSink, Recovery, SinkError, SinkOptions};
 use crate::telemetry;
+
+use self::leader::{ElectionOptions, Fence, Leadership, Previous};
 
 /// Readiness check names owned by the mirror.
 pub const CHECK_SINK: &str = "sink";
@@ -64,6 +68,8 @@ pub enum Phase {
     CaughtUp,
     /// Stopped until an operator acts; the reason.
     Halted(String),
+    /// Another replica of the sink group appends; this one waits to take over.
+    Standby,
 }
 
 /// Rows waiting behind an open transaction this long no longer hold back READY.
@@ -109,6 +115,10 @@ pub struct SinkState {
     /// The server's timeline the position was last confirmed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
+    /// This sink directory's identity in its sink group (the lease and the published
+    /// position name it); set on the first start of a build that knows groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<uuid::Uuid>,
 }
 
 /// Why the mirror cannot run.
@@ -188,6 +198,12 @@ pub enum MirrorError {
         "the sink directory changed under the daemon ({0}); restart the daemon to resume from its files"
     )]
     SinkChanged(String),
+    /// The lease lapsed (or was lost): nothing may be appended now.
+    #[error("this replica does not hold the sink group's lease right now")]
+    NotLeader,
+    /// Another replica took the lease over: a publication was refused.
+    #[error("another replica took the sink group's lease over")]
+    Superseded,
 }
 
 impl MirrorError {
@@ -226,6 +242,24 @@ pub struct Mirror {
     phase: watch::Sender<Phase>,
     /// Reloaded settings, when the daemon reloads its configuration.
     reloads: Option<watch::Receiver<Arc<Settings>>>,
+    /// While leading: the fence to check before appending, and the epoch to publish under.
+    term: Option<Term>,
+}
+
+/// One leadership of the sink group, as the writing code needs it.
+#[derive(Clone)]
+struct Term {
+    fence: Fence,
+    epoch: i64,
+    me: Candidate,
+}
+
+/// How a term ended.
+enum TermEnd {
+    /// Shutting down (the final position was published, if still leading).
+    Shutdown(Option<Position>),
+    /// Another replica took over: back to standby.
+    Deposed,
 }
 
 impl Mirror {
@@ -252,6 +286,7 @@ impl Mirror {
             sink: Arc::new(Mutex::new(sink)),
             phase: watch::Sender::new(Phase::Starting),
             reloads: None,
+            term: None,
         }
     }
 
@@ -287,14 +322,114 @@ impl Mirror {
         self.phase.subscribe()
     }
 
-    /// Runs until `shutdown`: then finishes the batch in hand, fsyncs, publishes the
-    /// position and returns. Transient failures are retried forever; a permanent one
-    /// (replaced database) halts mirroring but keeps the process up, not ready.
+    /// Runs until `shutdown`. The replica stands by until it wins its sink group's
+    /// lease, then mirrors ([`Mirror::term`]) until it loses it or shuts down; on
+    /// shutdown the leader finishes the batch in hand, fsyncs, publishes the position
+    /// and hands the lease over. Transient failures are retried forever; a permanent
+    /// one (replaced database) halts mirroring but keeps the process up, not ready,
+    /// and hands the lease to a standby.
     pub async fn run(
         mut self,
         recovery: Recovery,
         shutdown: CancellationToken,
     ) -> Result<(), MirrorError> {
+        let mut stored: Option<SinkState> = match &recovery.state {
+            None => None,
+            Some(value) => match serde_json::from_value(value.clone()) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    let err = MirrorError::BadState(e.to_string());
+                    return self.halt(err, &shutdown).await;
+                }
+            },
+        };
+        let me = Candidate {
+            name: self.sink_settings.replica_name(),
+            instance: uuid::Uuid::new_v4(),
+            sink: stored
+                .as_ref()
+                .and_then(|s| s.instance)
+                .unwrap_or_else(uuid::Uuid::new_v4),
+        };
+        let mut leadership = Leadership::start(
+            self.pool.clone(),
+            ElectionOptions {
+                sink_id: self.sink_settings.sink_id.clone(),
+                me: me.clone(),
+                lease_timeout: self.sink_settings.lease_timeout,
+                group_stall_after: self.sink_settings.group_stall_after,
+            },
+            self.health.clone(),
+        );
+        let mut last_line = recovery.last_line.clone();
+        let mut ended: Option<i64> = None;
+        loop {
+            // The elector keeps the mirror check while this replica stands by.
+            self.health.stop_beats(CHECK_MIRROR);
+            let phase = &self.phase;
+            let standby = || {
+                phase.send_if_modified(|p| {
+                    let changed = *p != Phase::Standby;
+                    *p = Phase::Standby;
+                    changed
+                });
+            };
+            let Some((epoch, previous)) = leadership.wait_leader(ended, &shutdown, standby).await
+            else {
+                leadership.finish(None).await;
+                return self.close().await;
+            };
+            if ended.is_some() {
+                last_line = lock(&self.sink).last_line().map(<[u8]>::to_vec);
+            }
+            self.term = Some(Term {
+                fence: leadership.fence().clone(),
+                epoch,
+                me: me.clone(),
+            });
+            let result = self
+                .term(
+                    &leadership,
+                    &previous,
+                    &mut stored,
+                    last_line.clone(),
+                    &shutdown,
+                )
+                .await;
+            self.term = None;
+            match result {
+                Ok(TermEnd::Deposed) => {
+                    tracing::info!(
+                        epoch,
+                        "Stopped appending: another replica leads the sink group now"
+                    );
+                    ended = Some(epoch);
+                }
+                Ok(TermEnd::Shutdown(published)) => {
+                    leadership.finish(published).await;
+                    return self.close().await;
+                }
+                Err(err) => {
+                    // Let a healthy standby take over while this one waits for an operator.
+                    leadership.finish(None).await;
+                    return self.halt(err, &shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// One leadership: works out where to resume, then mirrors until the lease is
+    /// lost (`Deposed`) or `shutdown`; a permanent error is returned.
+    async fn term(
+        &mut self,
+        leadership: &Leadership,
+        previous: &Previous,
+        stored: &mut Option<SinkState>,
+        last_line: Option<Vec<u8>>,
+        shutdown: &CancellationToken,
+    ) -> Result<TermEnd, MirrorError> {
+        let shutdown = shutdown.clone();
+        let epoch = self.term.as_ref().map_or(0, |t| t.epoch);
         // A loop iteration waits at most one poll interval; three without a beat means
         // it is stuck (a hung read or write), which readiness and the watchdog report.
         let stale_after = (self.settings.poll_interval * 3).max(Duration::from_secs(5));
@@ -303,15 +438,13 @@ impl Mirror {
 
         // 1. Where to resume.
         let (position, sink_state) = loop {
-            match self.establish_position(&recovery).await {
+            if !leadership.leads(epoch) {
+                return Ok(TermEnd::Deposed);
+            }
+            match self.establish_position(stored, last_line.as_deref()).await {
                 Ok(found) => break found,
-                Err(err) if err.is_permanent() => {
-                    telemetry::mirror::mirror_halted(&err);
-                    self.health.set_failing(CHECK_MIRROR, err.to_string());
-                    self.phase.send_replace(Phase::Halted(err.to_string()));
-                    shutdown.cancelled().await;
-                    return self.close().await;
-                }
+                Err(MirrorError::Superseded) => return Ok(TermEnd::Deposed),
+                Err(err) if err.is_permanent() => return Err(err),
                 Err(err) => {
                     telemetry::mirror::mirror_failed("start", &err);
                     self.health.set_failing(
@@ -319,12 +452,29 @@ impl Mirror {
                         format!("cannot determine the position: {err}"),
                     );
                     tokio::select! {
-                        _ = shutdown.cancelled() => return self.close().await,
+                        _ = shutdown.cancelled() => return Ok(TermEnd::Shutdown(None)),
                         _ = tokio::time::sleep(backoff.next_delay()) => continue,
                     }
                 }
             }
         };
+        // Lines up to the previous leader's appended position (at its last renewal)
+        // are in its files too, unless it handed over cleanly.
+        let rewrite_until = previous
+            .appended
+            .filter(|_| {
+                !previous.released && previous.sink != self.term.as_ref().map(|t| t.me.sink)
+            })
+            .filter(|until| *until > position);
+        if let Some(until) = rewrite_until {
+            tracing::info!(
+                from = %position,
+                to = %until,
+                previous = previous.name.as_deref().unwrap_or("unknown"),
+                "Taking over: the previous leader had appended past the group's published position; \
+                 those events are written again here (collectors deduplicate on id)"
+            );
+        }
         backoff.reset();
         tracing::info!(%position, "Mirroring audit events to the file sink");
         self.health.set_ok(CHECK_MIRROR);
@@ -342,14 +492,16 @@ impl Mirror {
             system_identifier: sink_state.system_identifier.clone(),
             sink_state,
             start: position,
-            start_line: recovery.last_line.clone(),
+            start_line: last_line,
             syncing: None,
             unsynced: commit::Unsynced::default(),
             held: None,
             stall_reported: false,
+            rewrite_until,
+            superseded: false,
         };
         let mut prefetched: Option<Batch> = None;
-        while !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() && !state.superseded && leadership.leads(epoch) {
             self.health.beat(CHECK_MIRROR);
             self.apply_reload().await;
             // Group commit: a finished fsync moves the durable position.
@@ -357,7 +509,7 @@ impl Mirror {
                 // A failed fsync took lines back: what was read after them is stale.
                 Ok(true) => prefetched = None,
                 Ok(false) => {}
-                Err(err) => return self.halt(err, &shutdown).await,
+                Err(err) => return Err(err),
             }
             let batch = match prefetched.take() {
                 Some(batch) => batch,
@@ -377,7 +529,7 @@ impl Mirror {
             if let Some(timeline) = batch.timeline {
                 if let Err(err) = self.follow_timeline(&mut state, timeline).await {
                     if err.is_permanent() {
-                        return self.halt(err, &shutdown).await;
+                        return Err(err);
                     }
                     telemetry::mirror::mirror_failed("timeline", &err);
                     tokio::select! {
@@ -394,7 +546,7 @@ impl Mirror {
                     // A failed fsync took lines back: this batch follows a gap.
                     Ok(true) => continue,
                     Ok(false) => {}
-                    Err(err) => return self.halt(err, &shutdown).await,
+                    Err(err) => return Err(err),
                 }
             }
             // A full batch means more is probably waiting: read it while this one is
@@ -406,10 +558,13 @@ impl Mirror {
             }
             let Some(after) = batch.last_position() else {
                 if let Err(err) = self.idle(&mut state, &shutdown).await {
-                    return self.halt(err, &shutdown).await;
+                    return Err(err);
                 }
                 continue;
             };
+            let rewrites = state.rewrite_until.map_or(0, |until| {
+                batch.positions.iter().filter(|p| **p <= until).count()
+            });
             let (written, next) = if full {
                 let (written, next) = tokio::join!(self.write(batch), self.read(after));
                 (written, next.ok())
@@ -419,6 +574,10 @@ impl Mirror {
             match written {
                 Ok(written) => {
                     backoff.reset();
+                    if rewrites > 0 {
+                        telemetry::leader::rewrites(rewrites as u64);
+                    }
+                    leadership.set_appended(after);
                     telemetry::mirror::mirror_recovered();
                     self.health.set_ok(CHECK_SINK);
                     state.appended = after;
@@ -433,7 +592,7 @@ impl Mirror {
                     }
                     let moved = match self.maybe_sync(&mut state, false, &shutdown).await {
                         Ok(moved) => moved,
-                        Err(err) => return self.halt(err, &shutdown).await,
+                        Err(err) => return Err(err),
                     };
                     self.maybe_publish(&mut state, false).await;
                     // A failed fsync took lines back: what was read after them is stale.
@@ -444,8 +603,18 @@ impl Mirror {
                     // so nothing committed meanwhile waits longer.
                     if !full && !moved && prefetched.is_none() {
                         if let Err(err) = self.idle(&mut state, &shutdown).await {
-                            return self.halt(err, &shutdown).await;
+                            return Err(err);
                         }
+                    }
+                }
+                Err((MirrorError::NotLeader, batch)) => {
+                    // Nothing of it was appended: the lease lapsed unrenewed (the
+                    // database is slow or away). Keep it; append once renewed, or end
+                    // the term when another replica took over.
+                    prefetched = Some(batch);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                     }
                 }
                 Err((err, batch)) => {
@@ -456,7 +625,7 @@ impl Mirror {
                         .await
                     {
                         Ok(rest) => rest,
-                        Err(err) => return self.halt(err, &shutdown).await,
+                        Err(err) => return Err(err),
                     };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -470,26 +639,30 @@ impl Mirror {
         // the sink's files as the position; the next start resumes from them.)
         let _ = self.maybe_sync(&mut state, true, &shutdown).await;
         self.maybe_publish(&mut state, true).await;
-        tracing::info!(position = %state.durable, "The mirror stopped");
-        self.close().await
+        if shutdown.is_cancelled() && !state.superseded {
+            tracing::info!(position = %state.durable, "The mirror stopped");
+            return Ok(TermEnd::Shutdown(
+                (state.published == state.durable).then_some(state.published),
+            ));
+        }
+        tracing::info!(position = %state.durable, appended = %state.appended, "The mirror stopped appending");
+        Ok(TermEnd::Deposed)
     }
 
-    /// Works out where to resume; see the module documentation.
+    /// Works out where to resume; see the module documentation. The position is the
+    /// later of this directory's own (its last line, or its baseline) and the group's
+    /// published position: a replica taking over starts after what the group has
+    /// written, whatever its own files hold.
     async fn establish_position(
         &self,
-        recovery: &Recovery,
+        stored: &mut Option<SinkState>,
+        last_line: Option<&[u8]>,
     ) -> Result<(Position, SinkState), MirrorError> {
+        let term = self.term.clone().ok_or(MirrorError::NotLeader)?;
         let client = self.client().await?;
         let found = identity::current(&**client).await?;
         let system_identifier = found.system_identifier.clone();
         let sink_id = self.sink_settings.sink_id.clone();
-        let stored: Option<SinkState> = match &recovery.state {
-            None => None,
-            Some(value) => Some(
-                serde_json::from_value(value.clone())
-                    .map_err(|e| MirrorError::BadState(e.to_string()))?,
-            ),
-        };
         // Same cluster, same database (older state files adopt the current one).
         let checked = stored
             .as_ref()
@@ -499,9 +672,17 @@ impl Mirror {
             .as_ref()
             .and_then(|s| s.timeline)
             .filter(|from| *from != found.timeline);
+        let group = lease::group_position(&**client, &sink_id)
+            .await?
+            .filter(|g| g.system_identifier == system_identifier);
+        let published_by_other = group
+            .as_ref()
+            .is_some_and(|g| g.sink_instance.is_some_and(|s| s != term.me.sink));
 
-        let mut position = stored.as_ref().map(|s| s.baseline);
-        if let Some(line) = &recovery.last_line {
+        let mut own = stored.as_ref().map(|s| s.baseline);
+        let mut from_line = false;
+        let mut back = false;
+        if let Some(line) = last_line {
             let ignored = stored
                 .as_ref()
                 .and_then(|s| s.baseline_last_line_sha256.as_deref())
@@ -509,52 +690,90 @@ impl Mirror {
             if !ignored {
                 let id = line_id(line)?;
                 let at = match cursor::position_of(&**client, id).await? {
-                    Some(at) => at,
-                    None => {
-                        // Retention may delete a row once its line is durable and
-                        // published; then the published position is that very row.
-                        match cursor::published_position(&**client, &sink_id).await? {
-                            Some(p)
-                                if p.position.id == id
-                                    && p.system_identifier == system_identifier =>
-                            {
-                                p.position
+                    Some(at) => Some(at),
+                    // Retention may delete a row once its line is durable and
+                    // published; then the published position is that very row, or
+                    // (in a group) another replica has published past it since.
+                    None => match &group {
+                        Some(g) if g.position.id == id => Some(g.position),
+                        Some(_) if published_by_other => None,
+                        // After a failover, a lost event is the failover's doing.
+                        _ => match timeline_changed {
+                            Some(from) => {
+                                return Err(MirrorError::TimelineChanged {
+                                    from,
+                                    to: found.timeline,
+                                    last_event: format!("id {id}"),
+                                })
                             }
-                            // After a failover, a lost event is the failover's doing.
-                            _ => match timeline_changed {
-                                Some(from) => {
-                                    return Err(MirrorError::TimelineChanged {
-                                        from,
-                                        to: found.timeline,
-                                        last_event: format!("id {id}"),
-                                    })
-                                }
-                                None => return Err(MirrorError::UnknownLastLine { id }),
-                            },
-                        }
-                    }
+                            None => return Err(MirrorError::UnknownLastLine { id }),
+                        },
+                    },
                 };
-                position = Some(position.map_or(at, |p| p.max(at)));
+                if let Some(at) = at {
+                    from_line = own.is_none_or(|p| at > p);
+                    own = Some(own.map_or(at, |p| p.max(at)));
+                }
             }
         }
 
-        let position = match position {
-            Some(position) => position,
-            None => match cursor::published_position(&**client, &sink_id).await? {
-                // The directory was lost or replaced: resume from what it had
-                // published. Lines written but not yet published come again.
-                Some(published) if published.system_identifier == system_identifier => {
-                    tracing::warn!(
-                        position = %published.position,
-                        "The sink directory has no position; resuming from the position it last published \
-                         (events written after that may appear twice)"
+        let position = match (own, &group) {
+            (Some(own), Some(g)) if g.position > own => {
+                if published_by_other {
+                    telemetry::leader::resumed_behind("takeover");
+                    tracing::info!(
+                        own = %own,
+                        group = %g.position,
+                        "Taking over the sink group: this directory's files end before the group's \
+                         published position, which other replicas wrote; resuming after it"
                     );
-                    published.position
+                    g.position
+                } else if from_line {
+                    // Lines this directory had published are gone from it (a file
+                    // removed, or the directory restored from an older backup): write
+                    // them again from the database, and say that any retention has
+                    // deleted since cannot come back.
+                    telemetry::leader::resumed_behind("lines_lost");
+                    tracing::error!(
+                        own = %own,
+                        published = %g.position,
+                        "This sink directory's files end before the position it published: lines \
+                         were lost from it (a file removed, or the directory restored from an older \
+                         backup). Writing the events in between again from the database; any that \
+                         retention has deleted since are gone from this directory for good (collect \
+                         them from another copy)"
+                    );
+                    back = true;
+                    own
+                } else {
+                    // Only the baseline is left (the state file kept, every log file
+                    // gone): not back to the baseline, but after what was published.
+                    telemetry::leader::resumed_behind("lines_lost");
+                    tracing::error!(
+                        baseline = %own,
+                        published = %g.position,
+                        "This sink directory's files end before the position it published: its log \
+                         files were deleted and only the state file is left. Resuming after the \
+                         published position; the events before it are not written here again"
+                    );
+                    g.position
                 }
-                _ => match self.sink_settings.start_from {
-                    StartFrom::Now => cursor::current_horizon(&**client).await?,
-                    StartFrom::Beginning => Position::BEGINNING,
-                },
+            }
+            (Some(own), _) => own,
+            (None, Some(g)) => {
+                // A new directory (a new pod's emptyDir), or one lost or replaced:
+                // resume from what the group published. Lines written but not yet
+                // published come again.
+                tracing::warn!(
+                    position = %g.position,
+                    "The sink directory has no position; resuming from the position the sink group \
+                     last published (events written after that may appear twice)"
+                );
+                g.position
+            }
+            (None, None) => match self.sink_settings.start_from {
+                StartFrom::Now => cursor::current_horizon(&**client).await?,
+                StartFrom::Beginning => Position::BEGINNING,
             },
         };
 
@@ -567,7 +786,11 @@ impl Mirror {
             database_oid: Some(found.database_oid),
             database_name: Some(found.database_name.clone()),
             timeline: Some(found.timeline),
+            instance: None,
         });
+        // This directory's identity in its sink group, kept from the first start of a
+        // build that knows groups.
+        state.instance.get_or_insert(term.me.sink);
         if let Some(from) = timeline_changed {
             identity::confirm_timeline(
                 &**client,
@@ -583,11 +806,24 @@ impl Mirror {
         }
         if stored.as_ref() != Some(&state) {
             self.write_state(&state).await?;
+            *stored = Some(state.clone());
         }
         // Publish before the first read so retention cannot delete what we are about
         // to mirror.
-        cursor::publish_position(&**client, &sink_id, &system_identifier, position).await?;
-        Ok((position, state))
+        match lease::publish(
+            &**client,
+            &sink_id,
+            &system_identifier,
+            position,
+            &term.me,
+            term.epoch,
+            back,
+        )
+        .await?
+        {
+            Published::Held => Ok((position, state)),
+            Published::Superseded => Err(MirrorError::Superseded),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, MirrorError> {
@@ -610,6 +846,9 @@ impl Mirror {
         let sink = self.sink.clone();
         let sanitizer = self.sanitizer.clone();
         let group_commit = self.group_commit();
+        let Some(term) = self.term.clone() else {
+            return Err((MirrorError::NotLeader, batch));
+        };
         let task = tokio::task::spawn_blocking(move || {
             let mut lines = Vec::with_capacity(batch.events.len() * 512);
             for event in &batch.events {
@@ -618,6 +857,11 @@ impl Mirror {
                 crate::event::encode_line(&sanitized, &mut lines);
             }
             let mut sink = lock(&sink);
+            // The fence, as late as possible: right before the bytes go to the file.
+            if term.fence.current() != Some(term.epoch) {
+                drop(sink);
+                return (None, batch);
+            }
             let result = if group_commit {
                 // The fsync runs outside the sink, while the next batch is read and
                 // appended (see `commit`); one starts now unless one is running.
@@ -633,10 +877,11 @@ impl Mirror {
                 sink.append(&lines).map(|appended| (appended, None))
             };
             drop(sink);
-            (result, batch)
+            (Some(result), batch)
         });
         let (result, batch) = match task.await {
-            Ok(pair) => pair,
+            Ok((None, batch)) => return Err((MirrorError::NotLeader, batch)),
+            Ok((Some(result), batch)) => (result, batch),
             Err(err) => {
                 // The batch is gone with the panicked task; it is read again from the
                 // sink's last line, as after any failed write.
@@ -993,21 +1238,36 @@ impl Mirror {
         if !force && state.published_at.elapsed() < PUBLISH_INTERVAL {
             return;
         }
+        let Some(term) = self.term.clone() else {
+            return;
+        };
         let result = match self.client().await {
-            Ok(client) => cursor::publish_position(
+            Ok(client) => lease::publish(
                 &**client,
                 &self.sink_settings.sink_id,
                 &state.system_identifier,
                 state.durable,
+                &term.me,
+                term.epoch,
+                false,
             )
             .await
             .map_err(MirrorError::from),
             Err(err) => Err(err),
         };
         match result {
-            Ok(()) => {
+            Ok(Published::Held) => {
                 state.published = state.durable;
                 state.published_at = Instant::now();
+            }
+            Ok(Published::Superseded) => {
+                // Deposed: stop appending now, even before the elector notices.
+                term.fence.revoke();
+                state.superseded = true;
+                tracing::warn!(
+                    epoch = term.epoch,
+                    "A publication was refused: another replica took the sink group's lease over"
+                );
             }
             // Not fatal: retention merely stays further behind until the next try.
             Err(err) => tracing::warn!(error = %err, "Cannot publish the sink position"),
@@ -1080,6 +1340,10 @@ struct LoopState {
     held: Option<(Instant, Position)>,
     /// The stall past `mirror.horizon_stall_warning` was logged and marked degraded.
     stall_reported: bool,
+    /// After a takeover: events up to here are in the previous leader's files too.
+    rewrite_until: Option<Position>,
+    /// A publication found the lease taken over.
+    superseded: bool,
 }
 
 fn lock(sink: &Mutex<FileSink>) -> std::sync::MutexGuard<'_, FileSink> {

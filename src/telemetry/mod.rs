@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod leader;
 pub mod logging;
 pub mod mirror;
 pub mod retention;
@@ -67,6 +68,7 @@ pub fn init() {
         .set(1);
     api::init();
     config::init();
+    leader::init();
     mirror::init();
     retention::init();
     sanitize::init();

@@ -6,6 +6,7 @@
 pub mod capability;
 pub mod chaos;
 pub mod fsync_fault;
+pub mod replicas;
 pub mod tls;
 pub mod tmpfs;
 pub mod writers;
