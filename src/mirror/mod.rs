@@ -557,9 +557,7 @@ impl Mirror {
                 extended_at = Instant::now();
             }
             let Some(after) = batch.last_position() else {
-                if let Err(err) = self.idle(&mut state, &shutdown).await {
-                    return Err(err);
-                }
+                self.idle(&mut state, &shutdown).await?;
                 continue;
             };
             let rewrites = state.rewrite_until.map_or(0, |until| {
@@ -602,9 +600,7 @@ impl Mirror {
                     // following live commits). A ring during the write left a permit,
                     // so nothing committed meanwhile waits longer.
                     if !full && !moved && prefetched.is_none() {
-                        if let Err(err) = self.idle(&mut state, &shutdown).await {
-                            return Err(err);
-                        }
+                        self.idle(&mut state, &shutdown).await?;
                     }
                 }
                 Err((MirrorError::NotLeader, batch)) => {
