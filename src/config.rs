@@ -1259,7 +1259,9 @@ impl Reader<'_> {
             absolute_file(v).map(Some)
         });
         if s.database.password_file.is_some()
-            && url.as_ref().is_some_and(|url| url_has_password(url.expose()))
+            && url
+                .as_ref()
+                .is_some_and(|url| url_has_password(url.expose()))
         {
             let url_key = if db.url_file.is_some() {
                 ("database.url_file", db.url_file.as_ref())
@@ -1737,21 +1739,25 @@ fn parse_database_url(value: &Value) -> Result<SecretString, String> {
     if let Some(mode) = conninfo.get("sslmode") {
         SslMode::parse(mode).map_err(|accepted| format!("sslmode={mode}: {accepted}"))?;
     }
-    let config: tokio_postgres::Config = conninfo.rest.parse().map_err(|err: tokio_postgres::Error| {
-        // The parser quotes the character it stumbled on, which may be part of the
-        // password: keep only the part of its message before that.
-        let mut message = err.to_string();
-        if let Some(cause) = std::error::Error::source(&err) {
-            message = format!("{message}: {cause}");
-        }
-        let message = message
-            .split(" but got")
-            .next()
-            .unwrap_or("")
-            .trim_end_matches(':')
-            .to_owned();
-        format!("{message}; {ACCEPTED}")
-    })?;
+    let config: tokio_postgres::Config =
+        conninfo
+            .rest
+            .parse()
+            .map_err(|err: tokio_postgres::Error| {
+                // The parser quotes the character it stumbled on, which may be part of the
+                // password: keep only the part of its message before that.
+                let mut message = err.to_string();
+                if let Some(cause) = std::error::Error::source(&err) {
+                    message = format!("{message}: {cause}");
+                }
+                let message = message
+                    .split(" but got")
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches(':')
+                    .to_owned();
+                format!("{message}; {ACCEPTED}")
+            })?;
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         return Err(format!("it names no host; {ACCEPTED}"));
     }

@@ -62,7 +62,11 @@ const CASES: &[Case] = &[
     Case {
         var: "COMPARTMENT_DATABASE_URL_FILE",
         key: "database.url_file",
-        file: concat!("\"", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/database-url-a\""),
+        file: concat!(
+            "\"",
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/database-url-a\""
+        ),
         file_expect: "postgres://file@db-file/x",
         env: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/database-url-b"),
         env_expect: "postgres://env@db-env/y",

@@ -22,7 +22,10 @@ use support::{DaemonConfig, PrivatePostgres};
 
 /// Connects once as the daemon would; `Ok(ssl)` says whether the session is on TLS
 /// (from `pg_stat_ssl`), `Err` is the error text an operator would read.
-async fn try_connect(url: &str, adjust: impl FnOnce(&mut DatabaseSettings)) -> Result<bool, String> {
+async fn try_connect(
+    url: &str,
+    adjust: impl FnOnce(&mut DatabaseSettings),
+) -> Result<bool, String> {
     let mut settings = Settings::with_defaults(url).database;
     settings.connect_timeout = Duration::from_secs(5);
     adjust(&mut settings);
@@ -33,7 +36,10 @@ async fn try_connect(url: &str, adjust: impl FnOnce(&mut DatabaseSettings)) -> R
         .map_err(|err| DbError::Connect(err).to_string())?;
     let driver = tokio::spawn(connection);
     let row = client
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .map_err(|err| DbError::Query(err).to_string())?;
     driver.abort();
@@ -51,7 +57,10 @@ fn expect_err(result: Result<bool, String>, cause: &str, what: &str) -> String {
     match result {
         Ok(ssl) => panic!("{what}: connected (ssl={ssl}), expected a refusal naming {cause:?}"),
         Err(text) => {
-            assert!(text.contains(cause), "{what}: {text:?} does not name {cause:?}");
+            assert!(
+                text.contains(cause),
+                "{what}: {text:?} does not name {cause:?}"
+            );
             assert!(!text.contains("BEGIN"), "{what}: PEM content in {text:?}");
             text
         }
@@ -82,7 +91,11 @@ async fn sslmodes_follow_libpq_and_each_refusal_names_its_cause() {
     // verify-full with the right CA, by name and by IP address (an IP SAN, no SNI),
     // from the URL and from the settings.
     assert_eq!(
-        try_connect(&format!("{localhost}?sslmode=verify-full&sslrootcert={ca}"), |_| {}).await,
+        try_connect(
+            &format!("{localhost}?sslmode=verify-full&sslrootcert={ca}"),
+            |_| {}
+        )
+        .await,
         Ok(true)
     );
     assert_eq!(try_connect(&loopback, verify_full(&pki)).await, Ok(true));
@@ -144,7 +157,11 @@ async fn sslmodes_follow_libpq_and_each_refusal_names_its_cause() {
         "require with a root certificate",
     );
     // prefer and allow: TLS where the server has it, plaintext only where it has not.
-    assert_eq!(try_connect(&localhost, |_| {}).await, Ok(true), "prefer is the default");
+    assert_eq!(
+        try_connect(&localhost, |_| {}).await,
+        Ok(true),
+        "prefer is the default"
+    );
     assert_eq!(
         try_connect(&format!("{localhost}?sslmode=allow"), |_| {}).await,
         Ok(true),
@@ -205,7 +222,11 @@ async fn client_certificates_authenticate_and_loose_keys_are_refused() {
     let cert = pki.path("client.crt").display().to_string();
     let key = pki.path("client.key").display().to_string();
     assert_eq!(
-        try_connect(&format!("{url}?sslcert={cert}&sslkey={key}"), verify_full(&pki)).await,
+        try_connect(
+            &format!("{url}?sslcert={cert}&sslkey={key}"),
+            verify_full(&pki)
+        )
+        .await,
         Ok(true)
     );
 
@@ -304,7 +325,10 @@ async fn the_daemon_and_the_cli_use_tls_for_every_connection() {
     assert_eq!(code, 0, "migrate: {stderr}");
     let (code, stdout, stderr) = cli(&env, &["org", "create", "--slug", "acme-tls"]);
     assert_eq!(code, 0, "org create: {stderr}");
-    assert!(stdout.contains("acme-tls") || !stdout.is_empty(), "{stdout}");
+    assert!(
+        stdout.contains("acme-tls") || !stdout.is_empty(),
+        "{stdout}"
+    );
     let (code, _, stderr) = cli(&env, &["retention", "run"]);
     assert_eq!(code, 0, "retention run: {stderr}");
     // A wrong CA on the CLI: the named cause on stderr, no certificate content.
@@ -353,7 +377,9 @@ async fn the_daemon_and_the_cli_use_tls_for_every_connection() {
         "{sessions:?}"
     );
     assert!(
-        sessions.iter().any(|(name, _)| name == "compartment-auditd"),
+        sessions
+            .iter()
+            .any(|(name, _)| name == "compartment-auditd"),
         "{sessions:?}"
     );
     assert!(sessions.iter().all(|(_, ssl)| *ssl), "{sessions:?}");
@@ -453,7 +479,10 @@ async fn a_rotated_password_file_is_used_by_the_next_reconnect() {
     let after = insert_events(&socket, org, 20).await;
     let all: Vec<i64> = first.iter().chain(&during).chain(&after).copied().collect();
     let written = wait_for_sink(&sink, &all).await;
-    assert_eq!(written, all, "no event lost or repeated across the rotation");
+    assert_eq!(
+        written, all,
+        "no event lost or repeated across the rotation"
+    );
     assert!(daemon.is_running());
     assert_eq!(daemon.pid(), pid, "no restart");
     // The daemon is back on new sessions, over TLS, with the new password; the old
@@ -467,7 +496,11 @@ async fn a_rotated_password_file_is_used_by_the_next_reconnect() {
     assert!(sessions.iter().all(|(_, ssl)| *ssl), "{sessions:?}");
     assert!(daemon.wait_ready(Duration::from_secs(20)).await);
     expect_err(
-        try_connect(&format!("{daemon_url}?password=first-secret"), verify_full(&pki)).await,
+        try_connect(
+            &format!("{daemon_url}?password=first-secret"),
+            verify_full(&pki),
+        )
+        .await,
         "password authentication failed",
         "the old password",
     );
@@ -498,24 +531,32 @@ fn a_value_and_its_file_both_set_is_a_configuration_error_naming_both() {
     );
     assert_eq!(code, 78, "{stderr}");
     assert!(
-        stderr.contains("COMPARTMENT_DATABASE_URL)") && stderr.contains("COMPARTMENT_DATABASE_URL_FILE"),
+        stderr.contains("COMPARTMENT_DATABASE_URL)")
+            && stderr.contains("COMPARTMENT_DATABASE_URL_FILE"),
         "{stderr}"
     );
     assert!(!stderr.contains("from-file"), "{stderr}");
 
     let (code, _, stderr) = cli(
         &[
-            ("COMPARTMENT_DATABASE_URL", "postgres://app:inline@db.example/x".into()),
+            (
+                "COMPARTMENT_DATABASE_URL",
+                "postgres://app:inline@db.example/x".into(),
+            ),
             ("COMPARTMENT_DATABASE_PASSWORD_FILE", password_file.clone()),
         ],
         &["config", "check"],
     );
     assert_eq!(code, 78, "{stderr}");
     assert!(
-        stderr.contains("COMPARTMENT_DATABASE_URL)") && stderr.contains("COMPARTMENT_DATABASE_PASSWORD_FILE"),
+        stderr.contains("COMPARTMENT_DATABASE_URL)")
+            && stderr.contains("COMPARTMENT_DATABASE_PASSWORD_FILE"),
         "{stderr}"
     );
-    assert!(!stderr.contains("inline") && !stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        !stderr.contains("inline") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 
     // One of each: valid; config check shows the paths, never the contents.
     let (code, stdout, stderr) = cli(
@@ -532,7 +573,10 @@ fn a_value_and_its_file_both_set_is_a_configuration_error_naming_both() {
     assert!(stdout.contains("sslmode = \"verify-full\""), "{stdout}");
     assert!(stdout.contains(&ca.display().to_string()), "{stdout}");
     assert!(stdout.contains("PGSSLCERT"), "{stdout}");
-    assert!(!stdout.contains("from-file") && !stdout.contains("not really"), "{stdout}");
+    assert!(
+        !stdout.contains("from-file") && !stdout.contains("not really"),
+        "{stdout}"
+    );
 
     let (code, _, stderr) = cli(
         &[

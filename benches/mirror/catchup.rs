@@ -118,8 +118,7 @@ pub async fn run(ctx: &Context, db: &BenchDatabase, config: &Config) -> anyhow::
         ));
         copies.push(sample);
         for (i, variant) in config.variants.iter().enumerate() {
-            let sample =
-                mirror(ctx, &db.url, &client, config.events, *variant, round, &[]).await?;
+            let sample = mirror(ctx, &db.url, &client, config.events, *variant, round, &[]).await?;
             progress(format!(
                 "Catch-up round {round}/{}: {}: {:.2} s, peak RSS {} MiB",
                 config.rounds,

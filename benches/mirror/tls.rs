@@ -121,7 +121,7 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
         ("plaintext", &plain_url, &[][..]),
         ("verify-full", &tls_url, &tls_env[..]),
     ] {
-        lives.push(live_once(ctx, config, side, url, &url_for_writers(&url), env).await?);
+        lives.push(live_once(ctx, config, side, url, &url_for_writers(url), env).await?);
     }
     drop(client);
 
@@ -164,7 +164,8 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
             live.events.to_string(),
             ms(live.p50),
             ms(live.p99),
-            live.lag_p99.map_or("-".into(), |b| format!("≤ {} ms", ms(b))),
+            live.lag_p99
+                .map_or("-".into(), |b| format!("≤ {} ms", ms(b))),
             ratio(live.p99 / plain_p99),
             live.ssl.clone(),
         ]);
@@ -197,7 +198,10 @@ pub async fn run(ctx: &Context, config: &Config) -> anyhow::Result<()> {
 
 /// The writers always use plaintext: only the daemon's connection is compared.
 fn url_for_writers(url: &str) -> String {
-    url.split('?').next().unwrap_or(url).replace("localhost", "127.0.0.1")
+    url.split('?')
+        .next()
+        .unwrap_or(url)
+        .replace("localhost", "127.0.0.1")
 }
 
 /// What one live run measured.
@@ -258,7 +262,11 @@ async fn live_once(
             &[],
         )
         .await?;
-    let ssl = format!("{}/{}", row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?);
+    let ssl = format!(
+        "{}/{}",
+        row.try_get::<_, i64>(0)?,
+        row.try_get::<_, i64>(1)?
+    );
     let mut commits = Vec::new();
     for writer in writers {
         commits.extend(writer.await.context("a writer panicked")??);

@@ -80,6 +80,14 @@ impl Connector {
         } else {
             options.mode
         };
+        // Only `hostaddr` given: TLS needs a name to verify (and tokio-postgres one to
+        // start a handshake at all), so each address stands for its own name, to be
+        // matched by an IP SAN under verify-full.
+        if config.get_hosts().is_empty() {
+            for addr in config.get_hostaddrs().to_vec() {
+                config.host(addr.to_string());
+            }
+        }
         let client_config = tls::client_config(&options)?;
         let password = if let Some(file) = &settings.password_file {
             Password::File(file.clone())
@@ -264,7 +272,10 @@ impl MakeTlsConnect<Socket> for Tls {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
-        match <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(&mut self.inner, domain) {
+        match <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(
+            &mut self.inner,
+            domain,
+        ) {
             Ok(connect) => Ok(connect),
             Err(never) => match never {},
         }
@@ -295,11 +306,24 @@ mod tests {
     }
 
     #[test]
+    fn a_hostaddr_alone_is_also_the_name_tls_verifies() {
+        let db = Settings::with_defaults("hostaddr=127.0.0.1 user=auditd dbname=x").database;
+        let connector = crate::db::connector(&db).expect("valid");
+        assert_eq!(
+            connector.config().get_hosts(),
+            &[Host::Tcp("127.0.0.1".into())]
+        );
+    }
+
+    #[test]
     fn explicit_settings_override_the_url_which_overrides_the_environment() {
         let url = "postgres://db/x?sslmode=require&sslrootcert=/url-ca.pem";
         let from_url = options(url, |_| {});
         assert_eq!(from_url.mode, SslMode::Require);
-        assert_eq!(from_url.root_cert, Some(RootCert::File("/url-ca.pem".into())));
+        assert_eq!(
+            from_url.root_cert,
+            Some(RootCert::File("/url-ca.pem".into()))
+        );
         let explicit = options(url, |db| {
             db.tls.sslmode = Some(SslMode::VerifyFull);
             db.tls.sslrootcert = Some(RootCert::File("/ca.pem".into()));
@@ -314,9 +338,17 @@ mod tests {
         assert_eq!(env.mode, SslMode::Require);
         assert_eq!(env.cert, Some("/c.pem".into()));
         let under_url = options(url, |db| db.libpq_env.tls.sslmode = Some(SslMode::Disable));
-        assert_eq!(under_url.mode, SslMode::Require, "the URL wins over PGSSLMODE");
+        assert_eq!(
+            under_url.mode,
+            SslMode::Require,
+            "the URL wins over PGSSLMODE"
+        );
         assert_eq!(options("postgres://db/x", |_| {}).mode, SslMode::Prefer);
         let system = options("postgres://db/x?sslrootcert=system", |_| {});
-        assert_eq!(system.mode, SslMode::VerifyFull, "system implies verify-full");
+        assert_eq!(
+            system.mode,
+            SslMode::VerifyFull,
+            "system implies verify-full"
+        );
     }
 }

@@ -177,16 +177,14 @@ fn pg_config_of(
     settings: &DatabaseSettings,
 ) -> Result<tokio_postgres::Config, DbError> {
     let mut config: tokio_postgres::Config =
-        info.rest
-            .parse()
-            .map_err(|err: tokio_postgres::Error| {
-                // The key=value parser quotes the character it stumbled on ("expected
-                // `=` but got `x`"), which may belong to the password: cut it off.
-                // Everything else it says names options, never values.
-                let text = describe(&err);
-                let reason = text.split(" but got").next().unwrap_or_default().to_owned();
-                DbError::InvalidUrl { reason }
-            })?;
+        info.rest.parse().map_err(|err: tokio_postgres::Error| {
+            // The key=value parser quotes the character it stumbled on ("expected
+            // `=` but got `x`"), which may belong to the password: cut it off.
+            // Everything else it says names options, never values.
+            let text = describe(&err);
+            let reason = text.split(" but got").next().unwrap_or_default().to_owned();
+            DbError::InvalidUrl { reason }
+        })?;
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         return Err(DbError::InvalidUrl {
             reason: "no host given (e.g. postgres://user@db.example:5432/compartment)".into(),
@@ -353,7 +351,10 @@ mod tests {
         }
         let err = connector(&settings("postgres://db.example/x?sslmode=verify-ca"))
             .expect_err("verify-ca needs a CA");
-        assert!(matches!(err, DbError::Tls(tls::TlsError::NoRootCert(_))), "{err}");
+        assert!(
+            matches!(err, DbError::Tls(tls::TlsError::NoRootCert(_))),
+            "{err}"
+        );
         let connector = connector(&settings("postgres://db.example/x?sslmode=require"))
             .expect("require needs no CA");
         assert_eq!(connector.tls_options().mode, tls::SslMode::Require);

@@ -157,7 +157,11 @@ mod tests {
         other.user = "someone".into();
         assert_eq!(lookup_pgpass(&file, &other), None);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        assert_eq!(lookup_pgpass(&file, &key()), None, "group-readable is ignored");
+        assert_eq!(
+            lookup_pgpass(&file, &key()),
+            None,
+            "group-readable is ignored"
+        );
         assert_eq!(lookup_pgpass(&dir.path().join("missing"), &key()), None);
     }
 

@@ -172,7 +172,9 @@ pub enum TlsError {
     #[error("sslmode={0} may not be used with sslrootcert=system (use sslmode=verify-full)")]
     WeakModeWithSystemRoots(SslMode),
     /// Only one of the client certificate and its key.
-    #[error("sslcert and sslkey must be set together (client certificate authentication needs both)")]
+    #[error(
+        "sslcert and sslkey must be set together (client certificate authentication needs both)"
+    )]
     HalfClientCert,
     /// A file cannot be read.
     #[error("cannot read {what} {}: {reason}", path.display())]
@@ -206,7 +208,9 @@ pub enum TlsError {
         mode: u32,
     },
     /// The operating system's trust store is empty or unreadable.
-    #[error("sslrootcert=system: no certificates found in the operating system's trust store ({0})")]
+    #[error(
+        "sslrootcert=system: no certificates found in the operating system's trust store ({0})"
+    )]
     SystemRoots(String),
     /// rustls refused the configuration (e.g. a key that does not match the certificate).
     #[error("the TLS configuration is not usable: {0}")]
@@ -423,13 +427,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -472,7 +473,10 @@ pub fn named_cause(err: &(dyn StdError + 'static)) -> Option<String> {
             return Some(describe_rustls(tls));
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
                 return Some(describe_rustls(tls));
             }
         }
@@ -609,7 +613,10 @@ mod tests {
         std::fs::write(&key, "not a key").expect("write");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = read_key(&key).expect_err("0644 is refused");
-        assert!(matches!(err, TlsError::KeyPermissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, TlsError::KeyPermissions { mode: 0o644, .. }),
+            "{err}"
+        );
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let err = read_key(&key).expect_err("not PEM");
         assert!(matches!(err, TlsError::Content { .. }), "{err}");

@@ -57,7 +57,9 @@ impl Pki {
         server("server-expired", true);
         let client = |name: &str, issuer: &Issuer<'_, KeyPair>| {
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
-            params.distinguished_name.push(DnType::CommonName, CERT_USER);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, CERT_USER);
             pki.leaf(name, params, issuer);
         };
         client("client", &ca);
