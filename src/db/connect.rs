@@ -80,6 +80,14 @@ impl Connector {
         } else {
             options.mode
         };
+        // Only `hostaddr` given: TLS needs a name to verify (and tokio-postgres one to
+        // start a handshake at all), so each address stands for its own name, to be
+        // matched by an IP SAN under verify-full.
+        if config.get_hosts().is_empty() {
+            for addr in config.get_hostaddrs().to_vec() {
+                config.host(addr.to_string());
+            }
+        }
         let client_config = tls::client_config(&options)?;
         let password = if let Some(file) = &settings.password_file {
             Password::File(file.clone())
@@ -302,6 +310,16 @@ mod tests {
         let mut db = Settings::with_defaults(url).database;
         settings(&mut db);
         tls_options(&super::super::conninfo::split(url), &db).expect("valid")
+    }
+
+    #[test]
+    fn a_hostaddr_alone_is_also_the_name_tls_verifies() {
+        let db = Settings::with_defaults("hostaddr=127.0.0.1 user=auditd dbname=x").database;
+        let connector = crate::db::connector(&db).expect("valid");
+        assert_eq!(
+            connector.config().get_hosts(),
+            &[Host::Tcp("127.0.0.1".into())]
+        );
     }
 
     #[test]
