@@ -20,7 +20,7 @@ pub struct Health {
     checks: Mutex<BTreeMap<&'static str, Check>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Check {
     /// `None` while passing, else why it fails.
     failure: Option<String>,
@@ -76,10 +76,7 @@ impl Health {
                 name,
                 Check {
                     failure: Some(message.to_string()),
-                    degraded: None,
-                    last_beat: None,
-                    stale_after: None,
-                    details: BTreeMap::new(),
+                    ..Check::default()
                 },
             );
         });
@@ -88,13 +85,7 @@ impl Health {
     /// Makes `name` fail unless `beat` is called at least every `stale_after`.
     pub fn expect_beats(&self, name: &'static str, stale_after: Duration) {
         self.with(|checks| {
-            let check = checks.entry(name).or_insert(Check {
-                failure: None,
-                degraded: None,
-                last_beat: None,
-                stale_after: None,
-                details: BTreeMap::new(),
-            });
+            let check = checks.entry(name).or_default();
             check.stale_after = Some(stale_after);
             check.last_beat = Some(Instant::now());
         });
@@ -127,13 +118,7 @@ impl Health {
     pub fn set_degraded(&self, name: &'static str, message: impl Into<String>) {
         let message = message.into();
         self.with(|checks| {
-            let check = checks.entry(name).or_insert(Check {
-                failure: None,
-                degraded: None,
-                last_beat: None,
-                stale_after: None,
-                details: BTreeMap::new(),
-            });
+            let check = checks.entry(name).or_default();
             check.failure = None;
             check.degraded = Some(message);
         });
@@ -142,13 +127,7 @@ impl Health {
     /// Marks `name` as passing and shows `details` with it (replacing earlier ones).
     pub fn set_ok_with(&self, name: &'static str, details: Vec<(&'static str, String)>) {
         self.with(|checks| {
-            let check = checks.entry(name).or_insert(Check {
-                failure: None,
-                degraded: None,
-                last_beat: None,
-                stale_after: None,
-                details: BTreeMap::new(),
-            });
+            let check = checks.entry(name).or_default();
             check.failure = None;
             check.degraded = None;
             check.details = details.into_iter().collect();
@@ -162,13 +141,7 @@ impl Health {
 
     fn set(&self, name: &'static str, failure: Option<String>) {
         self.with(|checks| {
-            let check = checks.entry(name).or_insert(Check {
-                failure: None,
-                degraded: None,
-                last_beat: None,
-                stale_after: None,
-                details: BTreeMap::new(),
-            });
+            let check = checks.entry(name).or_default();
             check.failure = failure;
             check.degraded = None;
         });
