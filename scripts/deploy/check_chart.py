@@ -197,6 +197,12 @@ def check_daemon(c: dict, pod: dict, v: dict, where: str) -> None:
         mount = mounts.get("compartment-auditd-sink", {}).get("mountPath")
         expect(mount is not None and sink_dir.startswith(mount.rstrip("/") + "/"),
                f"{where}: sink dir {sink_dir} must be below the volume mount {mount}")
+        # Each replica of an N-replica Deployment names itself after its pod
+        # (docs/replicas.md), with no setting needed.
+        name_ref = ((env.get("COMPARTMENT_AUDIT_REPLICA_NAME", {}).get("valueFrom") or {})
+                    .get("fieldRef") or {}).get("fieldPath")
+        expect(name_ref == "metadata.name",
+               f"{where}: COMPARTMENT_AUDIT_REPLICA_NAME must come from the pod's metadata.name")
     else:
         expect(env["COMPARTMENT_AUDIT_FILE_SINK_ENABLED"]["value"] == "false", f"{where}: sink off")
         expect("compartment-auditd-sink" not in mounts, f"{where}: no sink volume when disabled")
@@ -269,6 +275,8 @@ def check_release(docs: list[dict], v: dict, case: str) -> None:
             expect(v["strategy"] or strategy == ("Recreate" if persistent else "RollingUpdate"),
                    f"{where}: strategy {strategy} for a {'persistent' if persistent else 'pod'} sink")
             expect(pod.get("automountServiceAccountToken") is False, f"{where}: no API token")
+            expect(obj["spec"]["replicas"] == v["replicaCount"],
+                   f"{where}: {obj['spec']['replicas']} replicas, expected {v['replicaCount']}")
     expect(daemons == (1 if v["mode"] == "standalone" or case.startswith("example") else 0),
            f"{case}: {daemons} pods run the daemon")
     hooks = [d for d in by_kind.get("Job", [])]
@@ -283,7 +291,9 @@ def check_release(docs: list[dict], v: dict, case: str) -> None:
     for rule in by_kind.get("PrometheusRule", []):
         alerts = {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]}
         sink_alerts = {"CompartmentAuditSinkStalled", "CompartmentAuditSinkNotWritable",
-                       "CompartmentAuditSinkLagHigh", "CompartmentAuditMirrorHeldBack"}
+                       "CompartmentAuditSinkLagHigh", "CompartmentAuditMirrorHeldBack",
+                       "CompartmentAuditNoLeader", "CompartmentAuditSeveralLeaders",
+                       "CompartmentAuditSinkGroupStalled"}
         expect(bool(alerts & sink_alerts) == v["sink"]["enabled"],
                f"{case}: sink alerts iff the sink is enabled")
 
@@ -350,9 +360,15 @@ def main(root: Path) -> int:
         cases += [Case(f"ci/{p.name}", chart, p) for p in sorted((chart / "ci").glob("*.yaml"))]
         cases.append(Case("tests/alerts-values.yaml", chart, tests / "alerts-values.yaml"))
         cases.append(Case("example app-with-audit-sidecar", parent, None))
+        # The same example as a three-replica Deployment (one sink group).
+        cases += [Case(f"example app-with-audit-sidecar/{p.name}", parent, p)
+                  for p in sorted(parent.glob("values-*.yaml"))]
         for case in cases:
-            override = parent_values if case.chart == parent else (
-                load_yaml(case.values_file) if case.values_file else {})
+            if case.chart == parent:
+                extra = load_yaml(case.values_file) if case.values_file else {}
+                override = merge(parent_values, extra.get("compartment-auditd") or {})
+            else:
+                override = load_yaml(case.values_file) if case.values_file else {}
             case.values = merge(defaults, override)
             try:
                 errors = sorted(validator.iter_errors(case.values), key=str)

@@ -269,6 +269,13 @@ env:
     value: {{ printf "%s/%s" (trimSuffix "/" .Values.sink.mountPath) .Values.sink.subPath | quote }}
   - name: COMPARTMENT_AUDIT_FILE_SINK_ALLOW_GROUP_BITS
     value: {{ .Values.sink.allowGroupBits | quote }}
+  # Names this replica of the sink group in logs, /readyz and the lease row
+  # (docs/replicas.md): the pod's name, so that every replica of an N-replica
+  # Deployment is told apart without any setting.
+  - name: COMPARTMENT_AUDIT_REPLICA_NAME
+    valueFrom:
+      fieldRef:
+        fieldPath: metadata.name
   {{- end }}
 ports:
   - name: audit-http
