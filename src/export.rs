@@ -32,8 +32,6 @@
 //! changed: it is not opened by spreadsheets, and its values are JSON strings.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::str::FromStr;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -43,6 +41,8 @@ use tokio_postgres::{Client, GenericClient};
 use crate::db::query::{self, ExportRecord, ExportSnapshot, ExportStart, OrgRef};
 use crate::db::DbError;
 use crate::event::{encode_line, AuditEvent, SanitizedEvent};
+/// The format type lives with the filters that parse it; re-exported for callers.
+pub use crate::filters::ExportFormat;
 use crate::filters::{Cursor, Filters, ListParams};
 use crate::sanitize::Sanitizer;
 use crate::telemetry;
@@ -77,51 +77,6 @@ pub fn too_large_message(max_rows: u64) -> String {
         "more than {max_rows} events match; narrow the time range (from, to) or add filters \
          such as event, actor or target type"
     )
-}
-
-/// An export format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
-    /// One JSON object per line, as in the file sink.
-    Ndjson,
-    /// RFC 4180 CSV with a header row.
-    Csv,
-}
-
-impl ExportFormat {
-    /// The parameter spelling (`ndjson`, `csv`), also the file extension.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportFormat::Ndjson => "ndjson",
-            ExportFormat::Csv => "csv",
-        }
-    }
-
-    /// The response's `Content-Type`.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            ExportFormat::Ndjson => "application/x-ndjson",
-            ExportFormat::Csv => "text/csv; charset=utf-8",
-        }
-    }
-}
-
-impl FromStr for ExportFormat {
-    type Err = ();
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value {
-            "ndjson" => Ok(ExportFormat::Ndjson),
-            "csv" => Ok(ExportFormat::Csv),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for ExportFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// `audit-<org>-<UTC yyyymmddThhmmssZ>.<ext>`: the suggested file name of an export.

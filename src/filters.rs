@@ -23,11 +23,10 @@
 //! as `evnet=` must not silently widen an audit query.
 
 use std::fmt;
+use std::str::FromStr;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
-
-use crate::export::ExportFormat;
 
 /// Events per list page when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -550,6 +549,51 @@ fn hex_digit(byte: u8) -> Option<u8> {
 impl fmt::Display for EventFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.as_written())
+    }
+}
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One JSON object per line, as in the file sink.
+    Ndjson,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+}
+
+impl ExportFormat {
+    /// The parameter spelling (`ndjson`, `csv`), also the file extension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Ndjson => "ndjson",
+            ExportFormat::Csv => "csv",
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Ndjson => "application/x-ndjson",
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+        }
+    }
+}
+
+impl FromStr for ExportFormat {
+    type Err = ();
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "ndjson" => Ok(ExportFormat::Ndjson),
+            "csv" => Ok(ExportFormat::Csv),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for ExportFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

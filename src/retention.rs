@@ -247,6 +247,24 @@ impl RunReport {
         }
     }
 
+    /// What the metrics and logs say of this run.
+    fn summary(&self) -> telemetry::RunSummary<'_> {
+        telemetry::RunSummary {
+            rows_deleted: self.rows_deleted,
+            rows_to_delete: self.rows_to_delete(),
+            duration: self.duration,
+            batches: self.batches,
+            sessions: self.sessions,
+            organizations_processed: self.organizations_processed(),
+            organizations_skipped: self.organizations_skipped(),
+            organizations_pending: self.organizations_pending(),
+            held_back_rows: self.held_back_rows(),
+            bounding_sink: self.bounding_sink.as_deref(),
+            stopped_at_cap: self.stopped_at_cap,
+            interrupted: self.interrupted,
+        }
+    }
+
     /// Organizations with a finite retention that the run considered.
     pub fn organizations_processed(&self) -> usize {
         self.organizations
@@ -344,7 +362,7 @@ pub async fn run_once_with(
     let now = now.trunc_subsecs(6);
     if options.dry_run {
         let report = dry_run(pool, settings, &options, now, hooks, started).await?;
-        telemetry::dry_run_finished(&report);
+        telemetry::dry_run_finished(&report.summary());
         return Ok(report);
     }
     let mut deleted_so_far = 0;
@@ -361,7 +379,7 @@ pub async fn run_once_with(
     {
         Ok(Some(report)) => {
             let finished_at = now + TimeDelta::from_std(report.duration).unwrap_or_default();
-            telemetry::run_finished(&report, finished_at);
+            telemetry::run_finished(&report.summary(), finished_at);
             Ok(report)
         }
         Ok(None) => {

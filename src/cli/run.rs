@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::daemon;
+/// The mirror owns its arguments; the CLI depends on the mirror, not the reverse.
+pub use crate::mirror::admin::RebaselineArgs;
 
 /// `sink …`
 #[derive(Debug, Subcommand)]
@@ -17,17 +19,6 @@ pub enum SinkCommand {
     Status,
     /// Start the sink's position afresh (after the database was replaced or restored).
     Rebaseline(RebaselineArgs),
-}
-
-/// Arguments of `sink rebaseline`.
-#[derive(Debug, Args)]
-pub struct RebaselineArgs {
-    /// Where to start: `now` (events committed from now on) or `beginning` (every retained event).
-    #[arg(long, value_name = "now|beginning", default_value = "now")]
-    pub start_from: String,
-    /// Confirm: the daemon must be stopped, and events may be skipped or repeated across the change.
-    #[arg(long)]
-    pub yes: bool,
 }
 
 /// `run`: `config_file` is the `--config` argument, re-read on reload.

@@ -3,12 +3,23 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Args;
 
-use crate::cli::run::RebaselineArgs;
 use crate::config::{Settings, StartFrom};
 use crate::db::{self, cursor};
 use crate::mirror::{sha256_hex, SinkState, STATE_VERSION};
 use crate::sink::{FileSink, SinkOptions, SystemClock};
+
+/// Arguments of `sink rebaseline`.
+#[derive(Debug, Args)]
+pub struct RebaselineArgs {
+    /// Where to start: `now` (events committed from now on) or `beginning` (every retained event).
+    #[arg(long, value_name = "now|beginning", default_value = "now")]
+    pub start_from: String,
+    /// Confirm: the daemon must be stopped, and events may be skipped or repeated across the change.
+    #[arg(long)]
+    pub yes: bool,
+}
 
 /// Prints every sink position published in the database, and the cluster identity.
 pub async fn status(settings: &Settings) -> anyhow::Result<i32> {

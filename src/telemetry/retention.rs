@@ -26,7 +26,6 @@ use chrono::{DateTime, Utc};
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 
 use super::{registry, PREFIX};
-use crate::retention::{RetentionError, RunReport};
 
 struct Metrics {
     rows_deleted: IntCounter,
@@ -132,8 +131,25 @@ pub(crate) fn position_ignored(sink_id: &str, recorded: &str, current: &str) {
     );
 }
 
+/// What the metrics and logs say of a finished run: the retention module fills it
+/// from its run report, so that telemetry does not depend on retention's types.
+pub(crate) struct RunSummary<'a> {
+    pub(crate) rows_deleted: u64,
+    pub(crate) rows_to_delete: u64,
+    pub(crate) duration: Duration,
+    pub(crate) batches: u32,
+    pub(crate) sessions: usize,
+    pub(crate) organizations_processed: usize,
+    pub(crate) organizations_skipped: usize,
+    pub(crate) organizations_pending: usize,
+    pub(crate) held_back_rows: u64,
+    pub(crate) bounding_sink: Option<&'a str>,
+    pub(crate) stopped_at_cap: bool,
+    pub(crate) interrupted: bool,
+}
+
 /// A real run finished (completed, capped or interrupted by shutdown).
-pub(crate) fn run_finished(report: &RunReport, finished_at: DateTime<Utc>) {
+pub(crate) fn run_finished(report: &RunSummary<'_>, finished_at: DateTime<Utc>) {
     let m = &*METRICS;
     m.runs.with_label_values(&["success"]).inc();
     m.rows_deleted.inc_by(report.rows_deleted);
@@ -141,12 +157,12 @@ pub(crate) fn run_finished(report: &RunReport, finished_at: DateTime<Utc>) {
     // Milliseconds are plenty for a timestamp scraped every few seconds.
     m.last_success
         .set(finished_at.timestamp_millis() as f64 / 1000.0);
-    let held_back = report.held_back_rows();
+    let held_back = report.held_back_rows;
     if held_back > 0 {
         m.held_back.inc();
         tracing::warn!(
             rows_held_back = held_back,
-            sink_id = report.bounding_sink.as_deref().unwrap_or_default(),
+            sink_id = report.bounding_sink.unwrap_or_default(),
             "Retention cleanup left expired events that a file sink has not written yet; they are deleted once it has"
         );
     }
@@ -154,9 +170,9 @@ pub(crate) fn run_finished(report: &RunReport, finished_at: DateTime<Utc>) {
         rows_deleted = report.rows_deleted,
         batches = report.batches,
         sessions = report.sessions,
-        organizations_processed = report.organizations_processed(),
-        organizations_skipped = report.organizations_skipped(),
-        organizations_pending = report.organizations_pending(),
+        organizations_processed = report.organizations_processed,
+        organizations_skipped = report.organizations_skipped,
+        organizations_pending = report.organizations_pending,
         rows_held_back = held_back,
         duration_ms = millis(report.duration),
         stopped_at_cap = report.stopped_at_cap,
@@ -166,12 +182,12 @@ pub(crate) fn run_finished(report: &RunReport, finished_at: DateTime<Utc>) {
 }
 
 /// A dry run finished: logged, not counted.
-pub(crate) fn dry_run_finished(report: &RunReport) {
+pub(crate) fn dry_run_finished(report: &RunSummary<'_>) {
     tracing::info!(
-        rows_to_delete = report.rows_to_delete(),
-        organizations_processed = report.organizations_processed(),
-        organizations_skipped = report.organizations_skipped(),
-        rows_held_back = report.held_back_rows(),
+        rows_to_delete = report.rows_to_delete,
+        organizations_processed = report.organizations_processed,
+        organizations_skipped = report.organizations_skipped,
+        rows_held_back = report.held_back_rows,
         duration_ms = millis(report.duration),
         "Retention cleanup dry run finished; nothing was deleted"
     );
@@ -184,7 +200,7 @@ pub(crate) fn run_skipped() {
 }
 
 /// A run failed after `duration`; batches committed before the failure stay done.
-pub(crate) fn run_failed(err: &RetentionError, duration: Duration, rows_deleted: u64) {
+pub(crate) fn run_failed(err: &dyn std::fmt::Display, duration: Duration, rows_deleted: u64) {
     let m = &*METRICS;
     m.runs.with_label_values(&["failure"]).inc();
     m.rows_deleted.inc_by(rows_deleted);
