@@ -74,11 +74,16 @@ pub fn generate() -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
-/// The private key as PKCS#8 PEM.
+/// The private key as PKCS#8 v1 PEM, without the optional public key: OpenSSL 3.0
+/// refuses the v2 form that carries it.
 pub fn private_pem(key: &SigningKey) -> String {
-    key.to_pkcs8_pem(Default::default())
-        .expect("PKCS#8 encoding of an Ed25519 key cannot fail")
-        .to_string()
+    ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .expect("PKCS#8 encoding of an Ed25519 key cannot fail")
+    .to_string()
 }
 
 /// The public key as SPKI PEM.
