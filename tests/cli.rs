@@ -49,6 +49,7 @@ fn every_subcommand_has_help() {
         &["retention", "--help"],
         &["sink", "status", "--help"],
         &["sink", "rebaseline", "--help"],
+        &["sink", "keygen", "--help"],
         &["completions", "--help"],
         &["man-page", "--help"],
     ] {

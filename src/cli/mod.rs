@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config_cmd;
+pub mod integrity_cmd;
 pub mod query;
 pub mod retention_cmd;
 pub mod run;
@@ -96,6 +97,7 @@ pub fn main() -> i32 {
         Command::Config(ConfigCommand::Check(args)) => {
             config_cmd::check(cli.config.as_deref(), args)
         }
+        Command::Sink(run::SinkCommand::Keygen(args)) => integrity_cmd::keygen(args),
         // Generated from the CLI definition; they need no settings.
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -19,6 +19,9 @@ pub enum SinkCommand {
     Status,
     /// Start the sink's position afresh (after the database was replaced or restored).
     Rebaseline(RebaselineArgs),
+    /// Write a new Ed25519 key for the sink's integrity digests (PKCS#8 PEM, 0600) and
+    /// its public key; print the public key and its key id. Needs no database.
+    Keygen(super::integrity_cmd::KeygenArgs),
 }
 
 /// `run`: `config_file` is the `--config` argument, re-read on reload.
@@ -64,5 +67,6 @@ pub async fn sink(settings: Settings, cmd: &SinkCommand) -> anyhow::Result<i32> 
     match cmd {
         SinkCommand::Status => crate::mirror::admin::status(&settings).await,
         SinkCommand::Rebaseline(args) => crate::mirror::admin::rebaseline(&settings, args).await,
+        SinkCommand::Keygen(_) => unreachable!("handled before loading settings"),
     }
 }

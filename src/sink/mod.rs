@@ -47,6 +47,7 @@ mod compress;
 mod deferred;
 mod dir;
 mod error;
+pub mod integrity;
 mod names;
 mod recover;
 mod rotate;
