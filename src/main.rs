@@ -3,7 +3,7 @@
 
 /// jemalloc instead of glibc's malloc: the mirror allocates and frees a JSON tree per
 /// event, and glibc spent about a quarter of the catch-up's CPU on that (see
-/// `docs/benchmarks.md`).
+/// `docs/performance-notes.md`).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
