@@ -17,7 +17,8 @@
 //! - [`http`] serves `/healthz`, `/readyz`, `/metrics`, `/v1` and the Audit logs page
 //!   in the browser (`/orgs/{org}/audit`, [`http::console`]).
 //! - [`config`] loads settings (defaults < file < environment); [`telemetry`] owns
-//!   every metric; [`cli`] is the command line.
+//!   every metric; [`cli`] is the command line; [`secret_file`] is the permission rule
+//!   for private key files.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod mirror;
 pub mod reload;
 pub mod retention;
 pub mod sanitize;
+pub mod secret_file;
 pub mod service;
 pub mod sink;
 pub mod telemetry;

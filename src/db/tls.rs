@@ -334,19 +334,15 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// The client key, after libpq's permission check: no access for others, and group
-/// read only when root owns the file (a secret mounted by the system).
+/// The client key, after libpq's permission check ([`crate::secret_file`]).
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    use std::os::unix::fs::MetadataExt;
     const WHAT: &str = "the private key file sslkey";
     let metadata = std::fs::metadata(path).map_err(|err| TlsError::Read {
         what: WHAT,
         path: path.to_path_buf(),
         reason: err.to_string(),
     })?;
-    let mode = metadata.mode() & 0o7777;
-    let allowed = if metadata.uid() == 0 { 0o640 } else { 0o600 };
-    if mode & 0o777 & !allowed != 0 {
+    if let Some(mode) = crate::secret_file::too_open(&metadata) {
         return Err(TlsError::KeyPermissions {
             path: path.to_path_buf(),
             mode,

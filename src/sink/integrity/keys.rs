@@ -92,10 +92,9 @@ pub fn public_pem(key: &VerifyingKey) -> String {
         .expect("SPKI encoding of an Ed25519 key cannot fail")
 }
 
-/// Reads the private key after the same permission check as libpq's for `sslkey`:
-/// nothing for others, group read only when root owns the file.
+/// Reads the private key after the same permission check as libpq's for `sslkey`
+/// ([`crate::secret_file`]).
 pub fn read_private(path: &Path) -> Result<SigningKey, KeyError> {
-    use std::os::unix::fs::MetadataExt;
     const WHAT: &str = "the integrity key file";
     let io = |e: std::io::Error| KeyError::Io {
         what: WHAT,
@@ -103,9 +102,7 @@ pub fn read_private(path: &Path) -> Result<SigningKey, KeyError> {
         reason: e.to_string(),
     };
     let metadata = std::fs::metadata(path).map_err(io)?;
-    let mode = metadata.mode() & 0o7777;
-    let allowed = if metadata.uid() == 0 { 0o640 } else { 0o600 };
-    if mode & 0o777 & !allowed != 0 {
+    if let Some(mode) = crate::secret_file::too_open(&metadata) {
         return Err(KeyError::Permissions {
             path: path.to_owned(),
             mode,
