@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -1359,10 +1358,8 @@ pub fn line_id(line: &[u8]) -> Result<i64, MirrorError> {
         .map_err(|_| MirrorError::UnparsableLastLine)
 }
 
-/// Hex SHA-256 of a line.
-pub fn sha256_hex(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
-}
+/// Hex SHA-256 of a line: the sink's, also used for its digests.
+pub use crate::sink::integrity::format::sha256_hex;
 
 #[cfg(test)]
 mod tests {
